@@ -1,0 +1,48 @@
+# Everyday commands. `make run` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast lint fmt proto clean
+
+setup: $(STAMP) .tools/bin/.ok
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+.tools/bin/.ok: scripts/install-tools.sh
+	scripts/install-tools.sh
+	touch $@
+
+# Redis and FerretDB start locally unless REDIS_URL / MONGO_URL are set.
+run: setup
+	$(BIN)/movieservice dev
+
+test: setup
+	$(BIN)/pytest
+	$(MAKE) --no-print-directory lint
+
+# The tests without the slow ones (fault and load tests).
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Regenerate proto/movies/v1/*_pb2*.py after editing the .proto.
+proto: setup
+	$(BIN)/python scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) .tools .data .pytest_cache .mypy_cache .ruff_cache

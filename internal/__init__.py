@@ -1,0 +1,1 @@
+"""movieservice: a gRPC MovieService over MongoDB's sample_mflix with Redis in front."""

@@ -1,0 +1,1 @@
+"""The Redis cache: the only code that knows redis-py."""

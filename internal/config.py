@@ -1,0 +1,138 @@
+"""Settings from the environment and an optional `.env` file.
+
+The real environment wins over `.env`, as in the original demo. Every setting
+has a default that works for local development; see the README's
+configuration table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    mongo_url: str = "mongodb://localhost:27017"
+    mongo_db: str = "sample_mflix"
+    redis_url: str = "redis://localhost:6379/0"
+    grpc_host: str = "[::]"
+    grpc_port: int = 50051
+    # 0 disables the /metrics endpoint.
+    metrics_port: int = 9464
+    workers: int = 1
+    # Threads serving RPCs in each worker.
+    grpc_threads: int = 16
+    # Bearer token that Upsert requires; empty disables writes.
+    auth_token: str = ""
+    movie_ttl_seconds: float = 3600.0
+    # Deadline applied to store calls when the client sets none.
+    request_timeout_seconds: float = 5.0
+    grace_period_seconds: float = 10.0
+    # Weighted-rating parameters of TopRated (see README "How TopRated ranks").
+    toprated_min_votes: float = 1000.0
+    toprated_prior_rating: float = 6.5
+    redis_key_prefix: str = "movieservice:"
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        _check_port("GRPC_PORT", self.grpc_port, allow_zero=True)
+        _check_port("METRICS_PORT", self.metrics_port, allow_zero=True)
+        if self.workers < 1:
+            raise ConfigError(f"WORKERS must be at least 1, got {self.workers}")
+        if self.grpc_threads < 1:
+            raise ConfigError(f"GRPC_THREADS must be at least 1, got {self.grpc_threads}")
+        for name in ("movie_ttl_seconds", "request_timeout_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name.upper()} must be a positive number, got {value}")
+        if not (math.isfinite(self.grace_period_seconds) and self.grace_period_seconds >= 0):
+            raise ConfigError(f"GRACE_PERIOD_SECONDS must be >= 0, got {self.grace_period_seconds}")
+        if not (math.isfinite(self.toprated_min_votes) and self.toprated_min_votes >= 0):
+            raise ConfigError("TOPRATED_MIN_VOTES must be >= 0")
+        if not (0 <= self.toprated_prior_rating <= 10):
+            raise ConfigError("TOPRATED_PRIOR_RATING must be between 0 and 10")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
+        if not self.mongo_url.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError("MONGO_URL must start with mongodb:// or mongodb+srv://")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+
+def _check_port(name: str, port: int, *, allow_zero: bool) -> None:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ConfigError(f"{name} must be a port number, got {port}")
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: Path | None = Path(".env")) -> Settings:
+    """Read settings from `environ` (default: os.environ) over the `.env` file."""
+    values: dict[str, str] = {}
+    if dotenv_path is not None and dotenv_path.is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+
+    kwargs: dict[str, object] = {}
+    for field in fields(Settings):
+        raw = values.get(field.name.upper())
+        if raw is None or raw == "":
+            continue
+        kwargs[field.name] = _parse(field.name.upper(), raw, field.type)
+    if "redis_url" not in kwargs and values.get("REDIS_HOST"):
+        kwargs["redis_url"] = _redis_url_from_parts(values)
+    return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def _parse(name: str, raw: str, kind: object) -> object:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    return raw.strip()
+
+
+def _redis_url_from_parts(values: Mapping[str, str]) -> str:
+    """The original demo configured Redis with REDIS_HOST/REDIS_PORT/REDIS_PASSWORD."""
+    host = values["REDIS_HOST"].strip()
+    port = values.get("REDIS_PORT", "6379").strip() or "6379"
+    if not port.isdigit():
+        raise ConfigError(f"REDIS_PORT must be a number, got {port!r}")
+    password = values.get("REDIS_PASSWORD", "")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/0"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def configured_names(environ: Mapping[str, str] | None = None, dotenv_path: Path = Path(".env")) -> set[str]:
+    """The names of the settings given explicitly, in the environment or `.env`."""
+    names = {name for name, value in (os.environ if environ is None else environ).items() if value}
+    if dotenv_path.is_file():
+        names |= {name for name, value in dotenv_values(dotenv_path).items() if value}
+    return names

@@ -1,0 +1,138 @@
+"""Starting and stopping real server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Where `make setup` (scripts/install-tools.sh) puts the tools it builds.
+TOOLS_BIN = PROJECT_ROOT / ".tools" / "bin"
+
+
+class ToolMissing(RuntimeError):
+    pass
+
+
+def find_tool(name: str) -> str:
+    """The path of `name`: $<NAME>_BIN, then .tools/bin, then PATH, then ~/go/bin."""
+    candidates = [
+        os.environ.get(f"{name.upper().replace('-', '_')}_BIN"),
+        str(TOOLS_BIN / name),
+        shutil.which(name),
+        str(Path.home() / "go" / "bin" / name),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
+            return candidate
+    raise ToolMissing(f"{name} is not installed: run `make setup`")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+
+
+@dataclass
+class ServerProcess:
+    """A started server; `stop()` ends it (SIGTERM, then SIGKILL)."""
+
+    name: str
+    port: int
+    argv: Sequence[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                list(self.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        try:
+            wait_for_port(self.port, timeout, self.process)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start; see {self.log_path}") from None
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections stay open, nothing answers."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def redis_server(data_dir: Path, port: int | None = None) -> ServerProcess:
+    """A redis-server configured as the service expects (see internal/cache)."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_tool("redis-server"),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "no",
+        "--maxmemory", "256mb",
+        "--maxmemory-policy", "volatile-lru",
+    ]  # fmt: skip
+    return ServerProcess("redis-server", port, argv, data_dir / "redis.log")
+
+
+def ferretdb_server(data_dir: Path, port: int | None = None) -> ServerProcess:
+    """FerretDB (MongoDB wire protocol) on SQLite files in `data_dir`."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_tool("ferretdb"),
+        "--handler=sqlite",
+        f"--sqlite-url=file:{data_dir}/",
+        f"--state-dir={data_dir}",
+        f"--listen-addr=127.0.0.1:{port}",
+        "--debug-addr=127.0.0.1:0",
+        "--telemetry=disable",
+        "--log-level=warn",
+    ]
+    return ServerProcess("ferretdb", port, argv, data_dir / "ferretdb.log")

@@ -1,0 +1,131 @@
+"""The composition root: builds the real cache, store and service and serves them.
+
+This is the only module that knows which Cache and Store implementations the
+service runs with.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from internal.cache.redis_cache import RedisCache
+from internal.config import Settings, redact_url
+from internal.health import HealthReporter
+from internal.service.movies import MovieService
+from internal.service.ranking import Ranking
+from internal.store.mongo import MongoStore
+from movies.v1 import movies_pb2, movies_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    movies_pb2.DESCRIPTOR.services_by_name["MovieService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+@dataclass
+class App:
+    """Everything one server process runs, wired together."""
+
+    settings: Settings
+    cache: RedisCache
+    store: MongoStore
+    service: MovieService
+    health: health.HealthServicer
+    reporter: HealthReporter
+    background: futures.ThreadPoolExecutor
+
+    def close(self) -> None:
+        self.reporter.stop()
+        self.background.shutdown(wait=True)
+        self.cache.close()
+        self.store.close()
+
+
+def build_app(settings: Settings) -> App:
+    ranking = Ranking(min_votes=settings.toprated_min_votes, prior_rating=settings.toprated_prior_rating)
+    cache = RedisCache(
+        settings.redis_url,
+        key_prefix=settings.redis_key_prefix,
+        movie_ttl_seconds=settings.movie_ttl_seconds,
+        top_index_tag=ranking.tag,
+    )
+    store = MongoStore(settings.mongo_url, settings.mongo_db)
+    # Cache population after a miss runs here, off the client's critical path.
+    background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="populate")
+    service = MovieService(
+        cache,
+        store,
+        populate=background,
+        ranking=ranking,
+        auth_token=settings.auth_token,
+        request_timeout_seconds=settings.request_timeout_seconds,
+    )
+    health_servicer = health.HealthServicer()
+    reporter = HealthReporter(health_servicer, cache, store)
+    return App(settings, cache, store, service, health_servicer, reporter, background)
+
+
+def register(server: grpc.Server, app: App) -> None:
+    """Add the MovieService, health and reflection services to `server`."""
+    movies_pb2_grpc.add_MovieServiceServicer_to_server(app.service, server)  # type: ignore[no-untyped-call]
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    reflection.enable_server_reflection(SERVICE_NAMES, server)
+
+
+def create_server(
+    settings: Settings, app: App, interceptors: Sequence[grpc.ServerInterceptor] = ()
+) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
+        interceptors=list(interceptors),
+        # With one worker the port must be exclusive: a second server on the
+        # same port is an error, not a silent share.
+        options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
+    )
+    register(server, app)
+    port = server.add_insecure_port(settings.grpc_address)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {settings.grpc_address}")
+    return server, port
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop."""
+    app = build_app(settings)
+    log.info(
+        "starting: mongo=%s db=%s redis=%s",
+        redact_url(settings.mongo_url),
+        settings.mongo_db,
+        redact_url(settings.redis_url),
+    )
+    server, port = create_server(settings, app)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: draining for up to %gs", signal.Signals(signum).name, settings.grace_period_seconds)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.reporter.start()
+    server.start()
+    log.info("serving movies.v1.MovieService on %s:%d", settings.grpc_host, port)
+    threading.Thread(target=app.service.warm_up, name="warm-up", daemon=True).start()
+    stop.wait()
+    app.health.enter_graceful_shutdown()
+    server.stop(settings.grace_period_seconds).wait()
+    app.close()
+    log.info("stopped")

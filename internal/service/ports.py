@@ -1,0 +1,141 @@
+"""The interfaces the service needs from a cache and a store, and their errors.
+
+`internal/cache` implements `Cache` with Redis and `internal/store` implements
+`Store` with MongoDB; the service knows neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from movies.v1.movies_pb2 import Movie, Theater
+
+
+class DependencyError(Exception):
+    """A cache or store call failed; the message is safe to show a client."""
+
+
+class StoreUnavailable(DependencyError):
+    """The store cannot be reached (down, unreachable, no primary)."""
+
+
+class StoreTimeout(DependencyError):
+    """A store call did not finish within its deadline."""
+
+
+class CacheUnavailable(DependencyError):
+    """The cache cannot be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class StoredMovie:
+    """A movie as the store holds it, with its write version.
+
+    The version grows by one with every write of that movie; the cache uses it
+    to refuse to replace a newer copy with an older one.
+    """
+
+    movie: Movie
+    version: int
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    stored: StoredMovie
+    created: bool
+
+
+@dataclass(frozen=True)
+class RankEntry:
+    """A movie's place in the TopRated index: `score` None means unranked.
+
+    `genres` are normalized: lowercase, trimmed, unique, sorted.
+    """
+
+    movie_id: str
+    version: int
+    score: float | None
+    genres: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TopCursor:
+    """Position after the last movie of a page: its score and id."""
+
+    score: float
+    movie_id: str
+
+
+@dataclass(frozen=True)
+class RankedId:
+    movie_id: str
+    score: float
+
+
+class Store(Protocol):
+    """The source of truth. Every call takes a timeout in seconds."""
+
+    def get_movie(self, movie_id: str, timeout: float) -> StoredMovie | None: ...
+
+    def get_movies(self, movie_ids: Sequence[str], timeout: float) -> dict[str, StoredMovie]: ...
+
+    def upsert_movie(self, movie: Movie, timeout: float) -> UpsertOutcome:
+        """Create or replace `movie` (a new id when `movie.id` is empty).
+
+        The store sets the output-only `lastupdated` and ignores `year_text`.
+        """
+        ...
+
+    def movie_ratings(self, timeout: float) -> list[StoredMovie]:
+        """Every movie with only its id, `imdb` and `genres` filled in."""
+        ...
+
+    def theaters(self, timeout: float) -> list[Theater]: ...
+
+    def ping(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Cache(Protocol):
+    """A fast, possibly incomplete copy of the store, plus derived indexes."""
+
+    def get_movie(self, movie_id: str) -> bytes | None:
+        """The serialized Movie, or None on a miss."""
+        ...
+
+    def get_movies(self, movie_ids: Sequence[str]) -> list[bytes | None]: ...
+
+    def put_movie(self, stored: StoredMovie) -> bool:
+        """Cache `stored` unless a newer version is already known; True if written."""
+        ...
+
+    def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
+        """After a store write: replace the cached copy and its index entries."""
+        ...
+
+    def top_page(self, genre: str, after: TopCursor | None, limit: int) -> list[RankedId] | None:
+        """Best first; None when the index has to be (re)built first."""
+        ...
+
+    def top_index_ready(self) -> bool: ...
+
+    def rebuild_top_index(self, entries: Iterable[RankEntry]) -> None: ...
+
+    def theaters_near(self, latitude: float, longitude: float, radius_km: float, count: int) -> list[Theater] | None:
+        """Up to `count` theaters, nearest first; None when the index is missing."""
+        ...
+
+    def rebuild_geo_index(self, theaters: Sequence[Theater]) -> None: ...
+
+    def try_lock(self, name: str, ttl_seconds: float) -> str | None:
+        """A token if this caller now holds the lock `name`, else None."""
+        ...
+
+    def unlock(self, name: str, token: str) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,148 @@
+"""Request validation. Each problem names the request field it is about.
+
+Field paths follow the request messages (e.g. `movie.imdb.rating`), as
+`google.rpc.BadRequest` field violations do.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from movies.v1.movies_pb2 import Movie
+
+OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+MIN_YEAR, MAX_YEAR = 1870, 2100
+MAX_TEXT = 20_000
+MAX_LIST = 1_000
+MAX_GENRE = 64
+MAX_RADIUS_KM = 1000.0
+DEFAULT_RADIUS_KM = 10.0
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 100
+# The range of dates a BSON date and a protobuf Timestamp can both hold.
+_MIN_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+_MAX_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.description}"
+
+
+def check_movie_id(field: str, value: str) -> list[Violation]:
+    if not value:
+        return [Violation(field, "is required")]
+    if not OBJECT_ID.match(value):
+        return [Violation(field, "must be 24 hexadecimal digits (a MongoDB ObjectId)")]
+    return []
+
+
+def check_upsert(movie: Movie, has_movie: bool) -> list[Violation]:
+    if not has_movie:
+        return [Violation("movie", "is required")]
+    problems: list[Violation] = []
+    if movie.id and not OBJECT_ID.match(movie.id):
+        problems.append(Violation("movie.id", "must be empty (to create) or 24 hexadecimal digits"))
+    if not movie.title.strip():
+        problems.append(Violation("movie.title", "is required"))
+    if movie.year and not MIN_YEAR <= movie.year <= MAX_YEAR:
+        problems.append(Violation("movie.year", f"must be 0 (unknown) or between {MIN_YEAR} and {MAX_YEAR}"))
+    _check_number(problems, movie, "runtime", "movie.runtime", 0, 100_000)
+    _check_number(problems, movie, "metacritic", "movie.metacritic", 0, 100)
+    _check_number(problems, movie, "num_mflix_comments", "movie.num_mflix_comments", 0, 2**31 - 1)
+    if movie.HasField("imdb"):
+        _check_number(problems, movie.imdb, "rating", "movie.imdb.rating", 0, 10)
+        _check_number(problems, movie.imdb, "votes", "movie.imdb.votes", 0, 2**53)
+        _check_number(problems, movie.imdb, "id", "movie.imdb.id", 0, 2**53)
+    if movie.HasField("awards"):
+        _check_number(problems, movie.awards, "wins", "movie.awards.wins", 0, 100_000)
+        _check_number(problems, movie.awards, "nominations", "movie.awards.nominations", 0, 100_000)
+    if movie.HasField("tomatoes"):
+        tomatoes = movie.tomatoes
+        for name, top in (("viewer", 5), ("critic", 10)):
+            if tomatoes.HasField(name):
+                rating = getattr(tomatoes, name)
+                path = f"movie.tomatoes.{name}"
+                _check_number(problems, rating, "rating", f"{path}.rating", 0, top)
+                _check_number(problems, rating, "num_reviews", f"{path}.num_reviews", 0, 2**53)
+                _check_number(problems, rating, "meter", f"{path}.meter", 0, 100)
+        _check_number(problems, tomatoes, "fresh", "movie.tomatoes.fresh", 0, 2**31 - 1)
+        _check_number(problems, tomatoes, "rotten", "movie.tomatoes.rotten", 0, 2**31 - 1)
+        for name in ("dvd", "last_updated"):
+            if tomatoes.HasField(name):
+                _check_timestamp(problems, getattr(tomatoes, name), f"movie.tomatoes.{name}")
+    if movie.HasField("released"):
+        _check_timestamp(problems, movie.released, "movie.released")
+    for name in ("genres", "cast", "directors", "writers", "languages", "countries"):
+        values = getattr(movie, name)
+        if len(values) > MAX_LIST:
+            problems.append(Violation(f"movie.{name}", f"must have at most {MAX_LIST} entries"))
+        for index, value in enumerate(values):
+            if not value.strip():
+                problems.append(Violation(f"movie.{name}[{index}]", "must not be empty"))
+                break
+    for index, genre in enumerate(movie.genres):
+        if len(genre) > MAX_GENRE or not genre.isprintable():
+            problems.append(
+                Violation(f"movie.genres[{index}]", f"must be printable and at most {MAX_GENRE} characters")
+            )
+            break
+    for name in ("title", "plot", "fullplot", "rated", "poster", "type"):
+        if len(getattr(movie, name)) > MAX_TEXT:
+            problems.append(Violation(f"movie.{name}", f"must be at most {MAX_TEXT} characters"))
+    return problems
+
+
+def check_genre(genre: str) -> list[Violation]:
+    if len(genre) > MAX_GENRE or not genre.isprintable():
+        return [Violation("genre", f"must be printable and at most {MAX_GENRE} characters")]
+    return []
+
+
+def check_nearby(latitude: float, longitude: float, radius_km: float, limit: int) -> list[Violation]:
+    problems: list[Violation] = []
+    if not (math.isfinite(latitude) and -90 <= latitude <= 90):
+        problems.append(Violation("latitude", "must be between -90 and 90 degrees"))
+    if not (math.isfinite(longitude) and -180 <= longitude <= 180):
+        problems.append(Violation("longitude", "must be between -180 and 180 degrees"))
+    if not (math.isfinite(radius_km) and 0 <= radius_km <= MAX_RADIUS_KM):
+        problems.append(
+            Violation(
+                "radius_km", f"must be greater than 0 and at most {MAX_RADIUS_KM:g} (0 means {DEFAULT_RADIUS_KM:g})"
+            )
+        )
+    if limit < 0:
+        problems.append(Violation("limit", f"must not be negative (0 means {DEFAULT_LIMIT})"))
+    return problems
+
+
+def check_page_size(page_size: int) -> list[Violation]:
+    if page_size < 0:
+        return [Violation("page_size", f"must not be negative (0 means {DEFAULT_PAGE_SIZE})")]
+    return []
+
+
+def _check_number(problems: list[Violation], message: object, name: str, path: str, low: float, high: float) -> None:
+    if not message.HasField(name):  # type: ignore[attr-defined]
+        return
+    value = getattr(message, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(Violation(path, "must be a finite number"))
+    elif not low <= value <= high:
+        problems.append(Violation(path, f"must be between {low:g} and {high:g}"))
+
+
+def _check_timestamp(problems: list[Violation], timestamp: Timestamp, path: str) -> None:
+    if not (_MIN_SECONDS <= timestamp.seconds <= _MAX_SECONDS and 0 <= timestamp.nanos < 1_000_000_000):
+        problems.append(Violation(path, "must be a valid date between years 1 and 9999"))

@@ -1,0 +1,1 @@
+"""The MongoDB store: the only code that knows pymongo."""

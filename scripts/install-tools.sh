@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what the project needs beyond Python packages; idempotent.
+#   Debian packages: redis-server (tests, `make run`), prometheus (observability tests)
+#   Go tools into .tools/bin: ferretdb (a MongoDB-compatible server), grpcurl, ghz
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="$PWD/.tools/bin"
+mkdir -p "$BIN"
+
+FERRETDB_VERSION=v1.24.2
+GRPCURL_VERSION=v1.9.4
+GHZ_VERSION=v0.121.0
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-tools: need root or sudo to install ${missing[*]}" >&2; return 1; }
+    sudo="sudo"
+  fi
+  echo "install-tools: apt-get install ${missing[*]}"
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+apt_install redis-server redis-tools prometheus
+
+command -v go >/dev/null || { echo "install-tools: Go is required to build ferretdb, grpcurl and ghz" >&2; exit 1; }
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+
+# FerretDB's `go install` build panics at start-up without build/version/version.txt,
+# which only its own release tooling writes: build from a copy of the module with it.
+if [ "$("$BIN/ferretdb" --version 2>/dev/null | head -1)" != "version: $FERRETDB_VERSION" ]; then
+  echo "install-tools: building ferretdb $FERRETDB_VERSION"
+  src=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  cp -r "$src/." "$work/"
+  chmod -R u+w "$work"
+  echo "$FERRETDB_VERSION" > "$work/build/version/version.txt"
+  (cd "$work" && go build -trimpath -o "$BIN/ferretdb" ./cmd/ferretdb)
+fi
+
+go_tool() { # name module version
+  local stamp="$BIN/.$1.version"
+  if [ -x "$BIN/$1" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$3" ]; then return 0; fi
+  echo "install-tools: go install $2@$3"
+  GOBIN="$BIN" go install "$2@$3"
+  echo "$3" > "$stamp"
+}
+go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
+go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"
+echo "install-tools: ok ($BIN)"

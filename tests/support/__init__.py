@@ -1,0 +1,1 @@
+"""Test helpers: real servers, a fault-injecting TCP proxy, independent reference implementations."""
