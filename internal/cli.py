@@ -48,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from internal.server import serve
 
-        serve(settings)
-        return 0
+        return serve(settings)
     if args.command == "seed":
         source = args.source
         if source is None and args.synthetic is None:
@@ -150,8 +149,7 @@ def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: 
                     synthetic = 1000
             if seed_store(settings, source, synthetic, clear_cache=True) != 0:
                 return 1
-        serve(settings)
-    return 0
+        return serve(settings)
 
 
 if __name__ == "__main__":

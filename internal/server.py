@@ -96,14 +96,22 @@ def create_server(
         options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
     )
     register(server, app)
-    port = server.add_insecure_port(settings.grpc_address)
-    if port == 0:
-        raise RuntimeError(f"could not listen on {settings.grpc_address}")
+    try:
+        port = server.add_insecure_port(settings.grpc_address)
+    except RuntimeError as error:  # grpcio raises when the port is taken
+        raise ListenError(f"could not listen on {settings.grpc_address}: {error}") from None
     return server, port
 
 
-def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop."""
+class ListenError(RuntimeError):
+    pass
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop.
+
+    Returns the process exit status.
+    """
     app = build_app(settings)
     log.info(
         "starting: mongo=%s db=%s redis=%s",
@@ -111,7 +119,12 @@ def serve(settings: Settings) -> None:
         settings.mongo_db,
         redact_url(settings.redis_url),
     )
-    server, port = create_server(settings, app)
+    try:
+        server, port = create_server(settings, app)
+    except ListenError as error:
+        log.error("%s", error)
+        app.close()
+        return 1
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -129,3 +142,4 @@ def serve(settings: Settings) -> None:
     server.stop(settings.grace_period_seconds).wait()
     app.close()
     log.info("stopped")
+    return 0

@@ -63,8 +63,8 @@ def check_upsert(movie: Movie, has_movie: bool) -> list[Violation]:
     _check_number(problems, movie, "num_mflix_comments", "movie.num_mflix_comments", 0, 2**31 - 1)
     if movie.HasField("imdb"):
         _check_number(problems, movie.imdb, "rating", "movie.imdb.rating", 0, 10)
-        _check_number(problems, movie.imdb, "votes", "movie.imdb.votes", 0, 2**53)
-        _check_number(problems, movie.imdb, "id", "movie.imdb.id", 0, 2**53)
+        _check_number(problems, movie.imdb, "votes", "movie.imdb.votes", 0, 2**31 - 1)
+        _check_number(problems, movie.imdb, "id", "movie.imdb.id", 0, 2**31 - 1)
     if movie.HasField("awards"):
         _check_number(problems, movie.awards, "wins", "movie.awards.wins", 0, 100_000)
         _check_number(problems, movie.awards, "nominations", "movie.awards.nominations", 0, 100_000)
@@ -75,7 +75,7 @@ def check_upsert(movie: Movie, has_movie: bool) -> list[Violation]:
                 rating = getattr(tomatoes, name)
                 path = f"movie.tomatoes.{name}"
                 _check_number(problems, rating, "rating", f"{path}.rating", 0, top)
-                _check_number(problems, rating, "num_reviews", f"{path}.num_reviews", 0, 2**53)
+                _check_number(problems, rating, "num_reviews", f"{path}.num_reviews", 0, 2**31 - 1)
                 _check_number(problems, rating, "meter", f"{path}.meter", 0, 100)
         _check_number(problems, tomatoes, "fresh", "movie.tomatoes.fresh", 0, 2**31 - 1)
         _check_number(problems, tomatoes, "rotten", "movie.tomatoes.rotten", 0, 2**31 - 1)

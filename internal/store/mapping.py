@@ -36,6 +36,7 @@ MOVIE_FIELDS = (
 
 _LIST_FIELDS = ("genres", "cast", "directors", "writers", "languages", "countries")
 _OPTIONAL_STRINGS = ("plot", "fullplot", "rated", "poster", "type")
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _LEADING_DIGITS = re.compile(r"\s*(\d{1,4})")
 # The dataset's own format for `lastupdated`, e.g. "2015-08-13 00:27:59.177000000".
 LASTUPDATED_FORMAT = "%Y-%m-%d %H:%M:%S.%f000"
@@ -244,7 +245,7 @@ def _number(value: Any) -> int | float | None:
 
 def _set_int(message: Any, name: str, value: Any) -> None:
     number = _number(value)
-    if number is not None and float(number).is_integer():
+    if number is not None and float(number).is_integer() and _INT32_MIN <= number <= _INT32_MAX:
         setattr(message, name, int(number))
 
 
