@@ -36,6 +36,8 @@ class Settings:
     # Bearer token that Upsert requires; empty disables writes.
     auth_token: str = ""
     movie_ttl_seconds: float = 3600.0
+    # Lifetime of "this movie does not exist" entries.
+    negative_ttl_seconds: float = 10.0
     # Deadline applied to store calls when the client sets none.
     request_timeout_seconds: float = 5.0
     grace_period_seconds: float = 10.0
@@ -45,6 +47,11 @@ class Settings:
     redis_key_prefix: str = "movieservice:"
     log_level: str = "INFO"
     log_format: str = "text"
+    # "versioned" (the real thing) or "naive": plain cache-aside without version
+    # checks, only for showing that the consistency checker catches its races.
+    cache_consistency: str = "versioned"
+    # Test hook: delay between reading MongoDB and filling the cache on a miss.
+    test_fill_delay_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         _check_port("GRPC_PORT", self.grpc_port, allow_zero=True)
@@ -53,7 +60,7 @@ class Settings:
             raise ConfigError(f"WORKERS must be at least 1, got {self.workers}")
         if self.grpc_threads < 1:
             raise ConfigError(f"GRPC_THREADS must be at least 1, got {self.grpc_threads}")
-        for name in ("movie_ttl_seconds", "request_timeout_seconds"):
+        for name in ("movie_ttl_seconds", "negative_ttl_seconds", "request_timeout_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name.upper()} must be a positive number, got {value}")
@@ -63,6 +70,10 @@ class Settings:
             raise ConfigError("TOPRATED_MIN_VOTES must be >= 0")
         if not (0 <= self.toprated_prior_rating <= 10):
             raise ConfigError("TOPRATED_PRIOR_RATING must be between 0 and 10")
+        if self.cache_consistency not in ("versioned", "naive"):
+            raise ConfigError(f"CACHE_CONSISTENCY must be 'versioned' or 'naive', got {self.cache_consistency!r}")
+        if not (math.isfinite(self.test_fill_delay_seconds) and self.test_fill_delay_seconds >= 0):
+            raise ConfigError("TEST_FILL_DELAY_SECONDS must be >= 0")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
         if not self.mongo_url.startswith(("mongodb://", "mongodb+srv://")):

@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 import grpc
@@ -46,8 +46,17 @@ class App:
     health: health.HealthServicer
     reporter: HealthReporter
     background: futures.ThreadPoolExecutor
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        """Start the background work: health checks and deferred cache updates."""
+        self.reporter.start()
+        threading.Thread(
+            target=self.service.run_repair_loop, args=(self.stopping,), name="cache-repairs", daemon=True
+        ).start()
 
     def close(self) -> None:
+        self.stopping.set()
         self.reporter.stop()
         self.background.shutdown(wait=True)
         self.cache.close()
@@ -60,7 +69,9 @@ def build_app(settings: Settings) -> App:
         settings.redis_url,
         key_prefix=settings.redis_key_prefix,
         movie_ttl_seconds=settings.movie_ttl_seconds,
+        negative_ttl_seconds=settings.negative_ttl_seconds,
         top_index_tag=ranking.tag,
+        naive=settings.cache_consistency == "naive",
     )
     store = MongoStore(settings.mongo_url, settings.mongo_db)
     # Cache population after a miss runs here, off the client's critical path.
@@ -72,6 +83,7 @@ def build_app(settings: Settings) -> App:
         ranking=ranking,
         auth_token=settings.auth_token,
         request_timeout_seconds=settings.request_timeout_seconds,
+        fill_delay_seconds=settings.test_fill_delay_seconds,
     )
     health_servicer = health.HealthServicer()
     reporter = HealthReporter(health_servicer, cache, store)
@@ -133,7 +145,7 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app.reporter.start()
+    app.start()
     server.start()
     log.info("serving movies.v1.MovieService on %s:%d", settings.grpc_host, port)
     threading.Thread(target=app.service.warm_up, name="warm-up", daemon=True).start()

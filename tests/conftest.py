@@ -8,6 +8,7 @@ with synthetic data in the same schema).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import redis
 from internal.config import Settings
 from internal.devstack.processes import ServerProcess, ferretdb_server, redis_server
 from internal.server import App, build_app, register
+from internal.service.ports import DependencyError
 from internal.store import seed, synthetic
 from internal.store.mongo import MOVIES, THEATERS, MongoStore
 from movies.v1 import movies_pb2_grpc
@@ -60,11 +62,27 @@ def redis_proxy(redis_process: ServerProcess) -> Iterator[FaultProxy]:
 
 @pytest.fixture(autouse=True)
 def _proxies_forward(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Whatever a test did to a proxy, the next test starts with it forwarding."""
+    """Whatever a test did to a proxy, the next test starts with it forwarding
+    and with the module's service past its circuit breakers again."""
     yield
-    for name in ("mongo_proxy", "redis_proxy"):
-        if name in request.fixturenames:
-            request.getfixturevalue(name).forward()
+    touched = [name for name in ("mongo_proxy", "redis_proxy") if name in request.fixturenames]
+    for name in touched:
+        request.getfixturevalue(name).forward()
+    if touched and "app" in request.fixturenames:
+        wait_until_recovered(request.getfixturevalue("app"))
+
+
+def wait_until_recovered(application: App, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            application.store.ping(1.0)
+            application.cache.ping()
+            return
+        except DependencyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +136,7 @@ def app(settings: Settings, redis_process: ServerProcess) -> Iterator[App]:
     """A fresh service for each test module, over an empty cache."""
     redis.Redis(port=redis_process.port).flushall()
     application = build_app(settings)
-    application.reporter.start()
+    application.start()
     yield application
     application.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -16,12 +17,24 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from internal.metrics import (
+    CACHE_LOOKUPS,
+    CACHE_REPAIRS,
+    COALESCED,
+    EARLY_REFRESHES,
+    FALLBACKS,
+    FILL_LAG_SECONDS,
+    INDEX_REBUILDS,
+)
 from internal.service.errors import abort, abort_invalid
+from internal.service.flights import SingleFlight
 from internal.service.geo import haversine_km
 from internal.service.paging import InvalidPageToken, decode_page_token, encode_page_token
 from internal.service.ports import (
     Cache,
+    CachedMovie,
     CacheUnavailable,
+    DependencyError,
     RankedId,
     RankEntry,
     Store,
@@ -48,7 +61,6 @@ from movies.v1.movies_pb2 import Movie, Theater
 
 log = logging.getLogger(__name__)
 
-A = TypeVar("A")
 T = TypeVar("T")
 
 TOP_INDEX_LOCK = "top-index"
@@ -61,6 +73,8 @@ _POLL_SECONDS = 0.05
 # and keep exactly what the service's own formula puts inside the radius.
 _GEO_RADIUS_SLACK = 1.001
 _GEO_EXTRA_CANDIDATES = 16
+_FILL_POLL_SECONDS = 0.005
+_REPAIR_RETRY_SECONDS = 0.1
 
 
 class MovieService(movies_pb2_grpc.MovieServiceServicer):
@@ -73,6 +87,9 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         ranking: Ranking | None = None,
         auth_token: str = "",
         request_timeout_seconds: float = 5.0,
+        fill_lease_seconds: float = 2.0,
+        repair_interval_seconds: float = 1.0,
+        fill_delay_seconds: float = 0.0,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -80,6 +97,22 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         self._ranking = ranking or Ranking()
         self._auth_token = auth_token.encode()
         self._request_timeout = request_timeout_seconds
+        self._lease_seconds = fill_lease_seconds
+        self._repair_interval = repair_interval_seconds
+        # Test hook: widens the window between reading the store and filling
+        # the cache, so that the consistency checker can provoke the races.
+        self._fill_delay = fill_delay_seconds
+        self._loads: SingleFlight[Movie | None] = SingleFlight()
+        self._refreshing: set[str] = set()
+        self._refreshing_lock = threading.Lock()
+        self._repair_wakeup = threading.Event()
+        self._lookups = {
+            (cache_name, result): CACHE_LOOKUPS.labels(cache_name, result)
+            for cache_name in ("movie", "top_rated", "geo")
+            for result in ("hit", "miss", "negative_hit", "error")
+        }
+        # Before Redis is trusted again after an outage, apply the writes it missed.
+        cache.set_recovery_hook(self.apply_cache_repairs)
 
     # Get: cache-aside
 
@@ -88,14 +121,105 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         if problems:
             abort_invalid(context, problems)
         movie_id = request.id.lower()
-        data = self._cached(self._cache.get_movie, movie_id)
-        if data is not None:
-            return movies_pb2.GetResponse(movie=Movie.FromString(data))
-        stored = self._from_store(context, self._store.get_movie, movie_id)
-        if stored is None:
+        try:
+            cached = self._cache.get_movie(movie_id)
+        except CacheUnavailable:
+            # No coalescing here: a shared read that began before a write the
+            # cache could not record might be older than that write.
+            self._lookups["movie", "error"].inc()
+            FALLBACKS.labels("Get").inc()
+            stored = self._from_store(context, self._store.get_movie, movie_id)
+            return self._movie_response(context, movie_id, stored.movie if stored else None)
+        if cached is None:
+            self._lookups["movie", "miss"].inc()
+            return self._movie_response(context, movie_id, self._load(context, movie_id))
+        if cached.refresh_early:
+            self._refresh_soon(movie_id)
+        if cached.data is None:
+            self._lookups["movie", "negative_hit"].inc()
+            return self._movie_response(context, movie_id, None)
+        self._lookups["movie", "hit"].inc()
+        return movies_pb2.GetResponse(movie=Movie.FromString(cached.data))
+
+    @staticmethod
+    def _movie_response(context: grpc.ServicerContext, movie_id: str, movie: Movie | None) -> movies_pb2.GetResponse:
+        if movie is None:
             abort(context, grpc.StatusCode.NOT_FOUND, f"movie {movie_id} not found")
-        self._populate.submit(self._put_quietly, stored)
-        return movies_pb2.GetResponse(movie=stored.movie)
+        return movies_pb2.GetResponse(movie=movie)
+
+    def _load(self, context: grpc.ServicerContext, movie_id: str) -> Movie | None:
+        """Read a missed movie once for all concurrent callers of this process."""
+        timeout = self._timeout(context)
+        try:
+            movie, shared = self._run_store_call(
+                context, lambda: self._loads.run(movie_id, lambda: self._load_once(movie_id, timeout), timeout)
+            )
+        except TimeoutError:
+            abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for the movie")
+        if shared:
+            COALESCED.labels("in_process").inc()
+        return movie
+
+    def _load_once(self, movie_id: str, timeout: float) -> Movie | None:
+        """Read the store unless another process holds the fill lease for this
+        movie, in which case wait (briefly) for its fill instead."""
+        token = None
+        try:
+            token = self._cache.try_lock(f"fill:{movie_id}", self._lease_seconds)
+            if token is None:
+                filled = self._wait_for_fill(movie_id, min(timeout, self._lease_seconds))
+                if filled is not None:
+                    COALESCED.labels("lease").inc()
+                    return None if filled.data is None else Movie.FromString(filled.data)
+        except CacheUnavailable:
+            pass
+        started = time.monotonic()
+        stored = self._store.get_movie(movie_id, timeout)
+        answered = time.monotonic()
+        self._populate.submit(self._fill, movie_id, stored, answered - started, token, answered)
+        return stored.movie if stored is not None else None
+
+    def _wait_for_fill(self, movie_id: str, seconds: float) -> CachedMovie | None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(_FILL_POLL_SECONDS)
+            cached = self._cache.get_movie(movie_id)
+            if cached is not None:
+                return cached
+        return None
+
+    def _fill(
+        self, movie_id: str, stored: StoredMovie | None, load_seconds: float, lease: str | None, answered: float
+    ) -> None:
+        if self._fill_delay:
+            time.sleep(self._fill_delay)
+        try:
+            self._cache.put_movie(movie_id, stored, load_seconds)
+            FILL_LAG_SECONDS.observe(time.monotonic() - answered)
+            if lease is not None:
+                self._cache.unlock(f"fill:{movie_id}", lease)
+        except CacheUnavailable as error:
+            log.debug("could not cache movie %s: %s", movie_id, error)
+
+    def _refresh_soon(self, movie_id: str) -> None:
+        """Reload a hot movie before its entry expires (XFetch), once at a time."""
+        with self._refreshing_lock:
+            if movie_id in self._refreshing:
+                return
+            self._refreshing.add(movie_id)
+        self._populate.submit(self._refresh, movie_id)
+
+    def _refresh(self, movie_id: str) -> None:
+        try:
+            started = time.monotonic()
+            stored = self._store.get_movie(movie_id, self._request_timeout)
+            self._cache.put_movie(movie_id, stored, time.monotonic() - started)
+            EARLY_REFRESHES.inc()
+        except DependencyError as error:
+            log.debug("early refresh of %s failed: %s", movie_id, error)
+        finally:
+            with self._refreshing_lock:
+                self._refreshing.discard(movie_id)
 
     # Upsert: write-through
 
@@ -108,19 +232,49 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         movie.CopyFrom(request.movie)
         movie.id = movie.id.lower()
         outcome = self._from_store(context, self._store.upsert_movie, movie)
+        stored = outcome.stored
         try:
-            self._cache.write_movie(outcome.stored, self._ranking.entry(outcome.stored))
+            self._cache.write_movie(stored, self._ranking.entry(stored))
         except CacheUnavailable as error:
-            # The store has the write. Reads fall back to the store while the
-            # cache is unreachable.
-            log.warning("movie %s written but not cached: %s", outcome.stored.movie.id, error)
-        log.info(
-            "upsert movie=%s version=%d created=%s",
-            outcome.stored.movie.id,
-            outcome.stored.version,
-            outcome.created,
-        )
-        return movies_pb2.UpsertResponse(movie=outcome.stored.movie, created=outcome.created)
+            # MongoDB has the write; the cache may still hold the old movie.
+            # Record that durably before acknowledging, so that every server
+            # process repairs the cache before trusting it again.
+            self._from_store(context, self._store.record_cache_repair, stored.movie.id)
+            CACHE_REPAIRS.labels("recorded").inc()
+            self._repair_wakeup.set()
+            log.warning("movie %s written; cache update deferred: %s", stored.movie.id, error)
+        log.info("upsert movie=%s version=%d created=%s", stored.movie.id, stored.version, outcome.created)
+        return movies_pb2.UpsertResponse(movie=stored.movie, created=outcome.created)
+
+    def apply_cache_repairs(self) -> int:
+        """Apply to the cache the current version of every movie whose write
+        could not reach it; returns how many. Raises DependencyError."""
+        repairs = self._store.cache_repairs(self._request_timeout)
+        for repair in repairs:
+            stored = self._store.get_movie(repair.movie_id, self._request_timeout)
+            if stored is not None:
+                self._cache.write_movie(stored, self._ranking.entry(stored))
+            self._store.clear_cache_repair(repair, self._request_timeout)
+            CACHE_REPAIRS.labels("applied").inc()
+        if repairs:
+            log.info("applied %d deferred cache updates", len(repairs))
+        return len(repairs)
+
+    def run_repair_loop(self, stop: threading.Event) -> None:
+        """Until `stop`: apply deferred cache updates, at once after a failed
+        write, else every repair interval (writes made elsewhere)."""
+        while not stop.is_set():
+            self._repair_wakeup.wait(self._repair_interval)
+            self._repair_wakeup.clear()
+            if stop.is_set():
+                return
+            try:
+                if self._cache.available():
+                    self.apply_cache_repairs()
+            except DependencyError as error:
+                log.debug("deferred cache updates not applied yet: %s", error)
+                time.sleep(_REPAIR_RETRY_SECONDS)
+                self._repair_wakeup.set()
 
     def _require_writer(self, context: grpc.ServicerContext) -> None:
         if not self._auth_token:
@@ -167,11 +321,13 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
     ) -> list[RankedId]:
         try:
             ranked = self._cache.top_page(genre, cursor, limit)
+            self._lookups["top_rated", "miss" if ranked is None else "hit"].inc()
             if ranked is None:
                 self._ensure_index(context, TOP_INDEX_LOCK, self._cache.top_index_ready, self._rebuild_top)
                 ranked = self._cache.top_page(genre, cursor, limit)
-        except CacheUnavailable as error:
-            log.warning("TopRated from the store: %s", error)
+        except CacheUnavailable:
+            self._lookups["top_rated", "error"].inc()
+            FALLBACKS.labels("TopRated").inc()
             return self._top_page_from_store(context, genre, cursor, limit)
         if ranked is None:
             abort(context, grpc.StatusCode.UNAVAILABLE, "the TopRated index is being rebuilt; retry")
@@ -180,6 +336,7 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
     def _rebuild_top(self) -> None:
         entries = [self._ranking.entry(s) for s in self._store.movie_ratings(REBUILD_TIMEOUT_SECONDS)]
         self._cache.rebuild_top_index(entries)
+        INDEX_REBUILDS.labels("top_rated").inc()
         log.info("rebuilt the TopRated index: %d movies", len(entries))
 
     def _top_page_from_store(
@@ -189,14 +346,19 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         return top_page_of(entries, genre, cursor, limit)
 
     def _movies_by_id(self, context: grpc.ServicerContext, movie_ids: Sequence[str]) -> list[Movie]:
-        cached = self._cached(self._cache.get_movies, movie_ids) or [None] * len(movie_ids)
+        try:
+            cached = self._cache.get_movies(movie_ids)
+        except CacheUnavailable:
+            cached = [None] * len(movie_ids)
         found = {i: Movie.FromString(data) for i, data in zip(movie_ids, cached, strict=True) if data is not None}
         missing = [i for i in movie_ids if i not in found]
         if missing:
+            started = time.monotonic()
             stored = self._from_store(context, self._store.get_movies, missing)
+            answered = time.monotonic()
             for movie_id, item in stored.items():
                 found[movie_id] = item.movie
-                self._populate.submit(self._put_quietly, item)
+                self._populate.submit(self._fill, movie_id, item, answered - started, None, answered)
         return [found[i] for i in movie_ids if i in found]
 
     # Nearby: a GEO index built from the theaters collection
@@ -223,11 +385,13 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
     ) -> list[Theater]:
         try:
             found = self._cache.theaters_near(latitude, longitude, radius_km, count)
+            self._lookups["geo", "miss" if found is None else "hit"].inc()
             if found is None:
                 self._ensure_index(context, GEO_INDEX_LOCK, self._geo_index_ready, self._rebuild_geo)
                 found = self._cache.theaters_near(latitude, longitude, radius_km, count)
-        except CacheUnavailable as error:
-            log.warning("Nearby from the store: %s", error)
+        except CacheUnavailable:
+            self._lookups["geo", "error"].inc()
+            FALLBACKS.labels("Nearby").inc()
             return self._from_store(context, self._store.theaters)
         if found is None:
             abort(context, grpc.StatusCode.UNAVAILABLE, "the theater index is being rebuilt; retry")
@@ -239,6 +403,7 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
     def _rebuild_geo(self) -> None:
         theaters = self._store.theaters(REBUILD_TIMEOUT_SECONDS)
         self._cache.rebuild_geo_index(theaters)
+        INDEX_REBUILDS.labels("geo").inc()
         log.info("rebuilt the theater index: %d theaters", len(theaters))
 
     # Index rebuilds: one process rebuilds, the others wait for it
@@ -305,20 +470,6 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         if context is None:
             raise error
         abort(context, code, message)
-
-    @staticmethod
-    def _cached(call: Callable[[A], T], argument: A) -> T | None:
-        try:
-            return call(argument)
-        except CacheUnavailable as error:
-            log.warning("cache read failed, using the store: %s", error)
-            return None
-
-    def _put_quietly(self, stored: StoredMovie) -> None:
-        try:
-            self._cache.put_movie(stored)
-        except CacheUnavailable as error:
-            log.debug("could not cache movie %s: %s", stored.movie.id, error)
 
 
 def top_page_of(entries: Sequence[RankEntry], genre: str, cursor: TopCursor | None, limit: int) -> list[RankedId]:

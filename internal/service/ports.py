@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +74,26 @@ class RankedId:
     score: float
 
 
+@dataclass(frozen=True)
+class CachedMovie:
+    """A cache hit. `data` is the serialized Movie, or None when the cache
+    knows the movie does not exist (a negative entry)."""
+
+    data: bytes | None
+    # The entry is close enough to expiry that this caller should refresh it
+    # (probabilistic early expiration, XFetch).
+    refresh_early: bool = False
+
+
+@dataclass(frozen=True)
+class CacheRepair:
+    """A movie whose latest write could not be applied to the cache."""
+
+    movie_id: str
+    # How many times it was recorded; clearing it only succeeds if that has not changed.
+    count: int
+
+
 class Store(Protocol):
     """The source of truth. Every call takes a timeout in seconds."""
 
@@ -94,6 +114,16 @@ class Store(Protocol):
 
     def theaters(self, timeout: float) -> list[Theater]: ...
 
+    def record_cache_repair(self, movie_id: str, timeout: float) -> None:
+        """Remember durably that the cached copy of `movie_id` may be outdated."""
+        ...
+
+    def cache_repairs(self, timeout: float) -> list[CacheRepair]: ...
+
+    def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
+        """Forget `repair`, unless it was recorded again since it was read."""
+        ...
+
     def ping(self, timeout: float) -> None: ...
 
     def close(self) -> None: ...
@@ -102,18 +132,31 @@ class Store(Protocol):
 class Cache(Protocol):
     """A fast, possibly incomplete copy of the store, plus derived indexes."""
 
-    def get_movie(self, movie_id: str) -> bytes | None:
-        """The serialized Movie, or None on a miss."""
+    def get_movie(self, movie_id: str) -> CachedMovie | None:
+        """The cached movie, or None on a miss."""
         ...
 
-    def get_movies(self, movie_ids: Sequence[str]) -> list[bytes | None]: ...
+    def get_movies(self, movie_ids: Sequence[str]) -> list[bytes | None]:
+        """Serialized movies in the order asked; None where not cached."""
+        ...
 
-    def put_movie(self, stored: StoredMovie) -> bool:
-        """Cache `stored` unless a newer version is already known; True if written."""
+    def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float) -> bool:
+        """Cache what the store returned (None: the movie does not exist), unless a
+        newer version is already known; True if written. `load_seconds` is how
+        long the store read took (it paces early refreshes)."""
         ...
 
     def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
-        """After a store write: replace the cached copy and its index entries."""
+        """After a store write: replace the cached copy and its index entries,
+        unless a newer version is already there."""
+        ...
+
+    def set_recovery_hook(self, hook: Callable[[], object]) -> None:
+        """Run `hook` (and require it to succeed) before using the cache again after an outage."""
+        ...
+
+    def available(self) -> bool:
+        """False while calls would fail fast (the circuit breaker is open)."""
         ...
 
     def top_page(self, genre: str, after: TopCursor | None, limit: int) -> list[RankedId] | None:

@@ -12,6 +12,7 @@ concerns; its own writes are durable when they return.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,7 +29,10 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
+from internal.breaker import CircuitBreaker
+from internal.metrics import BREAKER_STATE, DEPENDENCY_ERRORS, DEPENDENCY_SECONDS
 from internal.service.ports import (
+    CacheRepair,
     DependencyError,
     StoredMovie,
     StoreTimeout,
@@ -49,6 +53,9 @@ log = logging.getLogger(__name__)
 
 MOVIES = "movies"
 THEATERS = "theaters"
+# Movies whose latest write could not be applied to the cache (see Store.record_cache_repair).
+CACHE_REPAIRS = "cache_repairs"
+WRITE_CONCERN = WriteConcern(w="majority", j=True)
 
 
 class MongoStore:
@@ -70,19 +77,30 @@ class MongoStore:
             tz_aware=True,
         )
         db = self._client.get_database(database)
-        self._movies = db.get_collection(MOVIES, write_concern=WriteConcern(w="majority", j=True))
+        self._movies = db.get_collection(MOVIES, write_concern=WRITE_CONCERN)
         self._theaters = db.get_collection(THEATERS)
+        self._repairs = db.get_collection(CACHE_REPAIRS, write_concern=WRITE_CONCERN)
         self._db = db
+        # After 3 consecutive "unavailable" errors, fail at once for a second
+        # instead of making every call wait for server selection.
+        self._breaker = CircuitBreaker(
+            "mongodb",
+            failure_threshold=3,
+            reset_seconds=1.0,
+            probe=self._ping_server,
+            on_change=lambda name, state: BREAKER_STATE.labels(name).set(int(state)),
+        )
+        BREAKER_STATE.labels("mongodb").set(0)
 
     def get_movie(self, movie_id: str, timeout: float) -> StoredMovie | None:
-        with _deadline(timeout):
+        with self._call("get", timeout):
             doc = self._movies.find_one({"_id": ObjectId(movie_id)})
         return None if doc is None else _stored(doc)
 
     def get_movies(self, movie_ids: Sequence[str], timeout: float) -> dict[str, StoredMovie]:
         if not movie_ids:
             return {}
-        with _deadline(timeout):
+        with self._call("get_many", timeout):
             docs = list(self._movies.find({"_id": {"$in": [ObjectId(i) for i in movie_ids]}}))
         return {str(doc["_id"]): _stored(doc) for doc in docs}
 
@@ -94,7 +112,7 @@ class MongoStore:
         removed = {name: "" for name in MOVIE_FIELDS if name not in fields}
         if removed:
             update["$unset"] = removed
-        with _deadline(timeout):
+        with self._call("upsert", timeout):
             try:
                 before = self._find_and_upsert(movie_id, update)
             except DuplicateKeyError:
@@ -111,21 +129,77 @@ class MongoStore:
 
     def movie_ratings(self, timeout: float) -> list[StoredMovie]:
         projection = {"imdb": 1, "genres": 1, VERSION_FIELD: 1}
-        with _deadline(timeout):
+        with self._call("ratings", timeout):
             docs = list(self._movies.find({}, projection))
         return [_stored(doc) for doc in docs]
 
     def theaters(self, timeout: float) -> list[Theater]:
-        with _deadline(timeout):
+        with self._call("theaters", timeout):
             docs = list(self._theaters.find({}))
         return [document_to_theater(doc) for doc in docs]
 
     def ping(self, timeout: float) -> None:
-        with _deadline(timeout):
+        with self._call("ping", timeout):
             self._db.command("ping")
 
     def close(self) -> None:
         self._client.close()
+
+    # Cache repairs: a durable to-do list shared by every server process.
+
+    def record_cache_repair(self, movie_id: str, timeout: float) -> None:
+        with self._call("record_repair", timeout):
+            self._repairs.update_one(
+                {"_id": movie_id}, {"$set": {"at": datetime.now(UTC)}, "$inc": {"n": 1}}, upsert=True
+            )
+
+    def cache_repairs(self, timeout: float) -> list[CacheRepair]:
+        with self._call("repairs", timeout):
+            docs = list(self._repairs.find({}).limit(1000))
+        return [CacheRepair(movie_id=doc["_id"], count=int(doc.get("n", 0))) for doc in docs]
+
+    def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
+        with self._call("clear_repair", timeout):
+            self._repairs.delete_one({"_id": repair.movie_id, "n": repair.count})
+
+    @contextmanager
+    def _call(self, operation: str, seconds: float) -> Iterator[None]:
+        """Bound the operations inside by `seconds`, time them, translate driver errors.
+
+        A server that cannot be selected (down, unreachable) is StoreUnavailable
+        even when selection gave up because the deadline ran out.
+        """
+        if not self._breaker.allow():
+            DEPENDENCY_ERRORS.labels("mongodb", "circuit_open").inc()
+            raise StoreUnavailable("MongoDB is unavailable")
+        started = time.perf_counter()
+        try:
+            with pymongo.timeout(seconds):
+                yield
+        except ServerSelectionTimeoutError as error:
+            self._failed("unavailable")
+            raise StoreUnavailable("MongoDB is unavailable") from error
+        except DependencyError:
+            raise
+        except PyMongoError as error:
+            if error.timeout:
+                DEPENDENCY_ERRORS.labels("mongodb", "timeout").inc()
+                raise StoreTimeout("MongoDB did not answer before the deadline") from error
+            if isinstance(error, ConnectionFailure):
+                self._failed("unavailable")
+                raise StoreUnavailable("MongoDB is unavailable") from error
+            DEPENDENCY_ERRORS.labels("mongodb", "error").inc()
+            raise
+        self._breaker.success()
+        DEPENDENCY_SECONDS.labels("mongodb", operation).observe(time.perf_counter() - started)
+
+    def _ping_server(self) -> None:
+        with pymongo.timeout(2):
+            self._db.command("ping")
+
+    def _failed(self, kind: str) -> None:
+        self._breaker.failure()
+        DEPENDENCY_ERRORS.labels("mongodb", kind).inc()
 
     # Used by `movieservice seed`, not by the service.
     def insert_missing(self, collection: str, docs: Sequence[dict[str, Any]]) -> int:
@@ -135,7 +209,7 @@ class MongoStore:
         takes tens of milliseconds per document, an insert well under one.
         """
         target = self._db.get_collection(collection)
-        with _deadline(300):
+        with self._call("seed", 300):
             existing = {doc["_id"] for doc in target.find({"_id": {"$in": [d["_id"] for d in docs]}}, {"_id": 1})}
             new = [doc for doc in docs if doc["_id"] not in existing]
             if new:
@@ -145,40 +219,18 @@ class MongoStore:
     def replace_documents(self, collection: str, docs: Sequence[dict[str, Any]]) -> None:
         """Insert or replace each of `docs` by `_id`."""
         target = self._db.get_collection(collection)
-        with _deadline(300):
+        with self._call("seed", 300):
             for doc in docs:
                 target.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
     def ensure_indexes(self) -> None:
-        with _deadline(60):
+        with self._call("seed", 60):
             self._theaters.create_index("theaterId", unique=True)
 
     def count(self, collection: str) -> int:
-        with _deadline(60):
+        with self._call("seed", 60):
             return self._db.get_collection(collection).count_documents({})
 
 
 def _stored(doc: Mapping[str, Any]) -> StoredMovie:
     return StoredMovie(movie=document_to_movie(doc), version=int(doc.get(VERSION_FIELD, 0)))
-
-
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Bound every operation inside by `seconds` and translate driver errors.
-
-    A server that cannot be selected (down, unreachable) is StoreUnavailable
-    even when selection gave up because the deadline ran out.
-    """
-    try:
-        with pymongo.timeout(seconds):
-            yield
-    except ServerSelectionTimeoutError as error:
-        raise StoreUnavailable("MongoDB is unavailable") from error
-    except DependencyError:
-        raise
-    except PyMongoError as error:
-        if error.timeout:
-            raise StoreTimeout("MongoDB did not answer before the deadline") from error
-        if isinstance(error, ConnectionFailure):
-            raise StoreUnavailable("MongoDB is unavailable") from error
-        raise

@@ -1,0 +1,102 @@
+"""A circuit breaker: stop calling a dependency that keeps failing, probe it now and then.
+
+closed -> open after `failure_threshold` consecutive failures (or `trip()`);
+open -> half-open once `reset_seconds` have passed: the next caller runs the
+probe (`probe()` must succeed) and the breaker closes, or it opens again.
+While open, callers fail at once instead of each waiting for a timeout.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+
+
+class BreakerState(enum.IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 3,
+        reset_seconds: float = 1.0,
+        probe: Callable[[], None] | None = None,
+        on_change: Callable[[str, BreakerState], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._threshold = failure_threshold
+        self._reset = reset_seconds
+        self._probe = probe
+        self._on_change = on_change
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._prober: int | None = None
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def allow(self) -> bool:
+        """True when a call may go ahead (closed, or a successful probe closed it)."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        me = threading.get_ident()
+        with self._lock:
+            if self._state is BreakerState.HALF_OPEN:
+                # The probe itself may use the dependency; everyone else waits for its verdict.
+                return self._prober == me
+            if self._clock() - self._opened_at < self._reset:
+                return False
+            self._set(BreakerState.HALF_OPEN)
+            self._prober = me
+        try:
+            if self._probe is not None:
+                self._probe()
+        except Exception:  # noqa: BLE001 - any failure of the probe keeps the circuit open
+            with self._lock:
+                self._prober = None
+                self._open()
+            return False
+        with self._lock:
+            self._prober = None
+            self._failures = 0
+            self._set(BreakerState.CLOSED)
+        return True
+
+    def success(self) -> None:
+        if self._failures:
+            with self._lock:
+                self._failures = 0
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._state is BreakerState.CLOSED and self._failures >= self._threshold:
+                self._open()
+
+    def trip(self) -> None:
+        """Open now (a health check saw the dependency down)."""
+        with self._lock:
+            if self._state is BreakerState.CLOSED:
+                self._open()
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            if self._on_change is not None:
+                self._on_change(self.name, state)
