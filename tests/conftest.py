@@ -25,7 +25,7 @@ from internal.store import seed, synthetic
 from internal.store.mongo import MOVIES, THEATERS, MongoStore
 from movies.v1 import movies_pb2_grpc
 from tests.support.data import MFLIX_DIR, has_real_data
-from tests.support.proxy import FaultProxy
+from tests.support.proxy import FaultProxy, MongoWireTap
 
 TEST_DB = "sample_mflix_test"
 AUTH_TOKEN = "test-token"
@@ -48,7 +48,8 @@ def mongo_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 
 @pytest.fixture(scope="session")
 def mongo_proxy(mongo_process: ServerProcess) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(mongo_process.port)
+    """The service's way to MongoDB; `mongo_proxy.tap` counts the commands it sends."""
+    proxy = FaultProxy(mongo_process.port, tap=MongoWireTap())
     yield proxy
     proxy.close()
 

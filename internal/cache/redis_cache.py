@@ -330,13 +330,21 @@ class RedisCache:
     def top_index_ready(self) -> bool:
         return bool(self._run("top_page", lambda: self._redis.get(self._top_ready)) == self._tag.encode())
 
-    def rebuild_top_index(self, entries: Iterable[RankEntry]) -> None:
-        """Rebuild from scratch; concurrent writes stay correct (see _INDEX_MOVIE)."""
+    def rebuild_top_index(self, load_entries: Callable[[], Iterable[RankEntry]]) -> int:
+        """Rebuild from scratch. `load_entries` reads the store only after the
+        old index is gone, so every write is either in that snapshot or applied
+        after it, and versions order the two (see _INDEX_MOVIE)."""
 
-        def rebuild() -> None:
+        def rebuild() -> int:
             stale = [self._top_ready, self._top_version, self._top_genres, self._top_all]
             stale += list(self._redis.scan_iter(match=self._top_genre_prefix + "*", count=1000))
             self._redis.delete(*stale)
+            return 0
+
+        self._run("rebuild", rebuild)
+        entries = list(load_entries())
+
+        def apply() -> int:
             pipe = self._redis.pipeline(transaction=False)
             for count, rank in enumerate(entries, 1):
                 self._index_movie(keys=self._index_keys(rank.movie_id), args=self._index_args(rank, b""), client=pipe)
@@ -344,8 +352,9 @@ class RedisCache:
                     pipe.execute()
             pipe.execute()
             self._redis.set(self._top_ready, self._tag)
+            return len(entries)
 
-        self._run("rebuild", rebuild)
+        return self._run("rebuild", apply)
 
     # Nearby
 
@@ -414,7 +423,7 @@ class RedisCache:
         self._redis.close()
 
 
-def _xfetch(expiry_ms: bytes | None, delta_ms: bytes | None) -> bool:
+def _xfetch(expiry_ms: bytes | None, delta_ms: bytes | None, now_ms: float | None = None) -> bool:
     """Probabilistic early expiration (Vattani, Chierichetti, Lowenstein, VLDB 2015).
 
     Refresh when now - delta * beta * ln(U) >= expiry, U uniform in (0, 1]:
@@ -425,7 +434,8 @@ def _xfetch(expiry_ms: bytes | None, delta_ms: bytes | None) -> bool:
     delta = float(delta_ms)
     if delta <= 0:
         return False
-    now_ms = time.time() * 1000
+    if now_ms is None:
+        now_ms = time.time() * 1000
     return now_ms - delta * _XFETCH_BETA * math.log(1.0 - random.random()) >= float(expiry_ms)
 
 

@@ -103,6 +103,7 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         # the cache, so that the consistency checker can provoke the races.
         self._fill_delay = fill_delay_seconds
         self._loads: SingleFlight[Movie | None] = SingleFlight()
+        self._batch_loads: SingleFlight[dict[str, StoredMovie]] = SingleFlight()
         self._refreshing: set[str] = set()
         self._refreshing_lock = threading.Lock()
         self._repair_wakeup = threading.Event()
@@ -166,11 +167,18 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         token = None
         try:
             token = self._cache.try_lock(f"fill:{movie_id}", self._lease_seconds)
-            if token is None:
-                filled = self._wait_for_fill(movie_id, min(timeout, self._lease_seconds))
-                if filled is not None:
-                    COALESCED.labels("lease").inc()
-                    return None if filled.data is None else Movie.FromString(filled.data)
+            # With the lease, look again: the previous holder may have filled
+            # the entry between this caller's miss and now.
+            filled = (
+                self._cache.get_movie(movie_id)
+                if token is not None
+                else self._wait_for_fill(movie_id, min(timeout, self._lease_seconds))
+            )
+            if filled is not None:
+                if token is not None:
+                    self._cache.unlock(f"fill:{movie_id}", token)
+                COALESCED.labels("lease").inc()
+                return None if filled.data is None else Movie.FromString(filled.data)
         except CacheUnavailable:
             pass
         started = time.monotonic()
@@ -334,10 +342,11 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         return ranked
 
     def _rebuild_top(self) -> None:
-        entries = [self._ranking.entry(s) for s in self._store.movie_ratings(REBUILD_TIMEOUT_SECONDS)]
-        self._cache.rebuild_top_index(entries)
+        count = self._cache.rebuild_top_index(
+            lambda: [self._ranking.entry(s) for s in self._store.movie_ratings(REBUILD_TIMEOUT_SECONDS)]
+        )
         INDEX_REBUILDS.labels("top_rated").inc()
-        log.info("rebuilt the TopRated index: %d movies", len(entries))
+        log.info("rebuilt the TopRated index: %d movies", count)
 
     def _top_page_from_store(
         self, context: grpc.ServicerContext, genre: str, cursor: TopCursor | None, limit: int
@@ -348,17 +357,31 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
     def _movies_by_id(self, context: grpc.ServicerContext, movie_ids: Sequence[str]) -> list[Movie]:
         try:
             cached = self._cache.get_movies(movie_ids)
+            cache_ok = True
         except CacheUnavailable:
-            cached = [None] * len(movie_ids)
+            cached, cache_ok = [None] * len(movie_ids), False
         found = {i: Movie.FromString(data) for i, data in zip(movie_ids, cached, strict=True) if data is not None}
         missing = [i for i in movie_ids if i not in found]
         if missing:
             started = time.monotonic()
-            stored = self._from_store(context, self._store.get_movies, missing)
+            timeout = self._timeout(context)
+
+            def load() -> dict[str, StoredMovie]:
+                return self._store.get_movies(missing, timeout)
+
+            # Concurrent requests for the same page (everyone's first page
+            # after the cache lost it) share one store read; not while the
+            # cache is down (see Get).
+            stored, shared = self._run_store_call(
+                context, lambda: self._batch_loads.run(tuple(missing), load) if cache_ok else (load(), False)
+            )
             answered = time.monotonic()
+            if shared:
+                COALESCED.labels("in_process").inc()
             for movie_id, item in stored.items():
                 found[movie_id] = item.movie
-                self._populate.submit(self._fill, movie_id, item, answered - started, None, answered)
+                if not shared:
+                    self._populate.submit(self._fill, movie_id, item, answered - started, None, answered)
         return [found[i] for i in movie_ids if i in found]
 
     # Nearby: a GEO index built from the theaters collection

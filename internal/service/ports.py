@@ -165,7 +165,10 @@ class Cache(Protocol):
 
     def top_index_ready(self) -> bool: ...
 
-    def rebuild_top_index(self, entries: Iterable[RankEntry]) -> None: ...
+    def rebuild_top_index(self, load_entries: Callable[[], Iterable[RankEntry]]) -> int:
+        """Replace the TopRated indexes with `load_entries()`, called after the old
+        ones are gone; returns how many entries it applied."""
+        ...
 
     def theaters_near(self, latitude: float, longitude: float, radius_km: float, count: int) -> list[Theater] | None:
         """Up to `count` theaters, nearest first; None when the index is missing."""

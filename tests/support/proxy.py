@@ -12,16 +12,70 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import bson
 
 _CHUNK = 65536
 
 
+class MongoWireTap:
+    """Counts the MongoDB commands a proxy forwards, read from the wire itself.
+
+    Parses OP_MSG (opcode 2013) messages; `commands` holds every command
+    document seen, in order.
+    """
+
+    OP_MSG = 2013
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.commands: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        with self._lock:
+            self.commands.clear()
+
+    def count(self, name: str, collection: str | None = None, **match: Any) -> int:
+        """How many `name` commands (on `collection`, with fields equal to `match`) went by."""
+        with self._lock:
+            return sum(
+                1
+                for doc in self.commands
+                if name in doc
+                and (collection is None or doc[name] == collection)
+                and all(doc.get(k) == v for k, v in match.items())
+            )
+
+    def stream(self) -> Callable[[bytes], None]:
+        """A parser for one connection's client-to-server bytes."""
+        buffer = bytearray()
+
+        def feed(data: bytes) -> None:
+            buffer.extend(data)
+            while len(buffer) >= 16:
+                length, _, _, opcode = struct.unpack_from("<iiii", buffer)
+                if len(buffer) < length:
+                    return
+                message = bytes(buffer[:length])
+                del buffer[:length]
+                if opcode == self.OP_MSG and length > 21 and message[20] == 0:
+                    (doc_length,) = struct.unpack_from("<i", message, 21)
+                    doc = bson.decode(message[21 : 21 + doc_length])
+                    with self._lock:
+                        self.commands.append(doc)
+
+        return feed
+
+
 class FaultProxy:
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", tap: MongoWireTap | None = None) -> None:
         self._upstream = (upstream_host, upstream_port)
+        self.tap = tap
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -111,6 +165,7 @@ class FaultProxy:
         with self._lock:
             self._connections.add(upstream)
         sockets = [client, upstream]
+        feed = self.tap.stream() if self.tap is not None else None
         try:
             while True:
                 readable, _, _ = select.select(sockets, [], [], 1.0)
@@ -123,6 +178,8 @@ class FaultProxy:
                     if sock is client:
                         if self.delay_seconds:
                             time.sleep(self.delay_seconds)
+                        if feed is not None:
+                            feed(data)
                         upstream.sendall(data)
                     else:
                         client.sendall(data)

@@ -1,0 +1,74 @@
+"""Versioned cache writes on a real Redis: whatever order fills, writes and
+rebuild entries arrive in, the newest version wins (hypothesis)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from internal.cache.redis_cache import RedisCache
+from internal.service.ports import StoredMovie
+from internal.service.ranking import Ranking
+from movies.v1.movies_pb2 import Imdb, Movie
+
+MOVIE_ID = "650000000000000000000abc"
+
+
+@pytest.fixture(scope="module")
+def cache(redis_process) -> Iterator[RedisCache]:
+    instance = RedisCache(f"redis://127.0.0.1:{redis_process.port}/0", key_prefix="versions:")
+    yield instance
+    instance.close()
+
+
+def version(number: int) -> StoredMovie:
+    genres = [["Drama"], ["Comedy", "War"], []][number % 3]
+    imdb = Imdb(rating=number % 10, votes=1000 * number) if number % 4 else Imdb()
+    return StoredMovie(Movie(id=MOVIE_ID, title=f"v{number}", genres=genres, imdb=imdb), number)
+
+
+operation = st.tuples(st.sampled_from(["fill", "write", "rebuild"]), st.integers(0, 6))
+
+
+@hypothesis_settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(operation, min_size=1, max_size=12))
+def test_the_newest_version_wins_in_any_order(cache, redis_client: redis.Redis, operations):
+    """`operations` arrive at Redis in this order, each with the version it
+    carries: fills (a reader's store read, possibly old), writes, and index
+    rebuilds (whose store snapshot holds at least every write that reached
+    Redis before; the seeded movie is version 0)."""
+    redis_client.delete(*redis_client.scan_iter("versions:*"), "versions:none")
+    ranking = Ranking()
+    arrived_writes = [0]
+    indexed = -1
+    for kind, number in operations:
+        if kind == "fill":
+            cache.put_movie(MOVIE_ID, version(number), 0.01)
+        elif kind == "write":
+            cache.write_movie(version(number), ranking.entry(version(number)))
+            arrived_writes.append(number)
+            indexed = max(indexed, number)
+        else:
+            snapshot = max(arrived_writes)
+            cache.rebuild_top_index(lambda snapshot=snapshot: [ranking.entry(version(snapshot))])
+            indexed = max(indexed, snapshot)
+
+    cached = cache.get_movie(MOVIE_ID)
+    cached_version = int(Movie.FromString(cached.data).title[1:]) if cached is not None else None
+    if len(arrived_writes) > 1:
+        assert cached_version is not None and cached_version >= max(arrived_writes), "a write was lost"
+    if cached_version is not None:
+        assert cached_version >= indexed, "the cached copy is older than the index"
+        assert cached_version <= max(n for kind, n in operations if kind != "rebuild")
+    if indexed >= 0:
+        entry = ranking.entry(version(indexed))
+        expected = [] if entry.score is None else [(MOVIE_ID.encode(), -entry.score)]
+        assert redis_client.zrange("versions:top:all", 0, -1, withscores=True) == expected
+        for genre in ("drama", "comedy", "war"):
+            members = redis_client.zrange(f"versions:top:genre:{genre}", 0, -1, withscores=True)
+            assert members == (expected if genre in entry.genres else [])
