@@ -42,6 +42,8 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._prober: int | None = None
+        # How many times the circuit closed again after opening.
+        self.recoveries = 0
 
     @property
     def state(self) -> BreakerState:
@@ -71,6 +73,7 @@ class CircuitBreaker:
         with self._lock:
             self._prober = None
             self._failures = 0
+            self.recoveries += 1
             self._set(BreakerState.CLOSED)
         return True
 

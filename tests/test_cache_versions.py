@@ -48,7 +48,7 @@ def test_the_newest_version_wins_in_any_order(cache, redis_client: redis.Redis, 
     indexed = -1
     for kind, number in operations:
         if kind == "fill":
-            cache.put_movie(MOVIE_ID, version(number), 0.01)
+            cache.put_movie(MOVIE_ID, version(number), 0.01, cache.recovery_epoch())
         elif kind == "write":
             cache.write_movie(version(number), ranking.entry(version(number)))
             arrived_writes.append(number)

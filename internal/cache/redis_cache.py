@@ -228,9 +228,12 @@ class RedisCache:
     def _movie_key(self, movie_id: str) -> str:
         return f"{self._prefix}movie:{movie_id}"
 
-    def _run(self, operation: str, call: Callable[[], T]) -> T:
-        """Run one Redis operation through the breaker, timed, with errors translated."""
-        if not self._breaker.allow():
+    def _run(self, operation: str, call: Callable[[], T], *, always_try: bool = False) -> T:
+        """Run one Redis operation through the breaker, timed, with errors translated.
+
+        `always_try` attempts the call even while the breaker is open.
+        """
+        if not self._breaker.allow() and not always_try:
             DEPENDENCY_ERRORS.labels("redis", "circuit_open").inc()
             raise CacheUnavailable("Redis is unavailable (circuit breaker open)")
         started = time.perf_counter()
@@ -279,7 +282,10 @@ class RedisCache:
 
         return self._run("get_many", fetch)
 
-    def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float) -> bool:
+    def recovery_epoch(self) -> int:
+        return self._breaker.recoveries
+
+    def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
         ttl_ms = (self._ttl_ms if stored is not None else self._negative_ttl_ms) * random.uniform(
             1 - _TTL_JITTER, 1 + _TTL_JITTER
         )
@@ -291,19 +297,28 @@ class RedisCache:
             int(time.time() * 1000 + ttl_ms),
             int(load_seconds * 1000) or 1,
         ]
-        written = self._run(
-            "put", lambda: self._put_movie(keys=[self._movie_key(movie_id), self._top_version], args=args)
-        )
-        return bool(written)
+
+        def put() -> object:
+            # Read before the cache last recovered from an outage: the writes
+            # it missed may be newer, and their fences may be gone with a
+            # restarted Redis. Drop it.
+            if read_epoch != self._breaker.recoveries:
+                return 0
+            return self._put_movie(keys=[self._movie_key(movie_id), self._top_version], args=args)
+
+        return bool(self._run("put", put))
 
     def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
         data = stored.movie.SerializeToString()
         if self._naive:
-            self._run("write", lambda: self._redis.delete(self._movie_key(rank.movie_id)))
+            self._run("write", lambda: self._redis.delete(self._movie_key(rank.movie_id)), always_try=True)
             data = b""
+        # Tried even while the breaker is open: if Redis answers after all, the
+        # write lands (with its version fence) instead of waiting for a repair.
         self._run(
             "write",
             lambda: self._index_movie(keys=self._index_keys(rank.movie_id), args=self._index_args(rank, data)),
+            always_try=True,
         )
 
     def _index_keys(self, movie_id: str) -> list[str]:

@@ -181,10 +181,11 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
                 return None if filled.data is None else Movie.FromString(filled.data)
         except CacheUnavailable:
             pass
+        epoch = self._cache.recovery_epoch()
         started = time.monotonic()
         stored = self._store.get_movie(movie_id, timeout)
         answered = time.monotonic()
-        self._populate.submit(self._fill, movie_id, stored, answered - started, token, answered)
+        self._populate.submit(self._fill, movie_id, stored, epoch, answered - started, token, answered)
         return stored.movie if stored is not None else None
 
     def _wait_for_fill(self, movie_id: str, seconds: float) -> CachedMovie | None:
@@ -197,12 +198,18 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         return None
 
     def _fill(
-        self, movie_id: str, stored: StoredMovie | None, load_seconds: float, lease: str | None, answered: float
+        self,
+        movie_id: str,
+        stored: StoredMovie | None,
+        epoch: int,
+        load_seconds: float,
+        lease: str | None,
+        answered: float,
     ) -> None:
         if self._fill_delay:
             time.sleep(self._fill_delay)
         try:
-            self._cache.put_movie(movie_id, stored, load_seconds)
+            self._cache.put_movie(movie_id, stored, load_seconds, epoch)
             FILL_LAG_SECONDS.observe(time.monotonic() - answered)
             if lease is not None:
                 self._cache.unlock(f"fill:{movie_id}", lease)
@@ -219,9 +226,10 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
 
     def _refresh(self, movie_id: str) -> None:
         try:
+            epoch = self._cache.recovery_epoch()
             started = time.monotonic()
             stored = self._store.get_movie(movie_id, self._request_timeout)
-            self._cache.put_movie(movie_id, stored, time.monotonic() - started)
+            self._cache.put_movie(movie_id, stored, time.monotonic() - started, epoch)
             EARLY_REFRESHES.inc()
         except DependencyError as error:
             log.debug("early refresh of %s failed: %s", movie_id, error)
@@ -363,6 +371,7 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         found = {i: Movie.FromString(data) for i, data in zip(movie_ids, cached, strict=True) if data is not None}
         missing = [i for i in movie_ids if i not in found]
         if missing:
+            epoch = self._cache.recovery_epoch()
             started = time.monotonic()
             timeout = self._timeout(context)
 
@@ -381,7 +390,7 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
             for movie_id, item in stored.items():
                 found[movie_id] = item.movie
                 if not shared:
-                    self._populate.submit(self._fill, movie_id, item, answered - started, None, answered)
+                    self._populate.submit(self._fill, movie_id, item, epoch, answered - started, None, answered)
         return [found[i] for i in movie_ids if i in found]
 
     # Nearby: a GEO index built from the theaters collection

@@ -140,10 +140,15 @@ class Cache(Protocol):
         """Serialized movies in the order asked; None where not cached."""
         ...
 
-    def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float) -> bool:
+    def recovery_epoch(self) -> int:
+        """Changes each time the cache comes back after an outage; take it before a store read."""
+        ...
+
+    def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
         """Cache what the store returned (None: the movie does not exist), unless a
-        newer version is already known; True if written. `load_seconds` is how
-        long the store read took (it paces early refreshes)."""
+        newer version is already known or the cache recovered from an outage since
+        `read_epoch` was taken; True if written. `load_seconds` is how long the
+        store read took (it paces early refreshes)."""
         ...
 
     def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:

@@ -1,0 +1,184 @@
+"""The consistency checker against two server processes, with the race windows
+widened on purpose, and with Redis and MongoDB failing under load.
+
+First the checker is shown to work: against deliberately naive cache-aside it
+finds stale reads. Then the real mode must show none, also while Redis is
+killed, paused, or MongoDB is stopped, and the service must recover by itself.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import grpc
+import pymongo
+import pytest
+
+from movies.v1 import movies_pb2, movies_pb2_grpc
+from tests.support.checker import ConsistencyChecker
+from tests.support.stack import AUTH_TOKEN, DATABASE, Stack
+
+pytestmark = pytest.mark.slow
+
+# Entries expire quickly (so reads keep missing) and every cache fill waits
+# 200 ms after its store read: the window in which a write can overtake it.
+RACE_WINDOWS = {"MOVIE_TTL_SECONDS": "1", "TEST_FILL_DELAY_SECONDS": "0.2"}
+
+
+@pytest.fixture
+def stack(tmp_path) -> Iterator[Stack]:
+    running = Stack(tmp_path).start()
+    yield running
+    running.close()
+
+
+def movie_ids(stack: Stack, count: int = 6) -> list[str]:
+    with pymongo.MongoClient(stack.mongo_url) as client:
+        return sorted(str(doc["_id"]) for doc in client[DATABASE].movies.find({}, {"_id": 1}))[:count]
+
+
+def checker(stack: Stack, services) -> ConsistencyChecker:
+    return ConsistencyChecker([s.target for s in services], movie_ids(stack), AUTH_TOKEN)
+
+
+def test_the_checker_finds_the_races_of_naive_cache_aside(stack):
+    services = stack.serve(2, CACHE_CONSISTENCY="naive", **RACE_WINDOWS)
+    report = checker(stack, services).run(8)
+    assert report.reads > 100 and report.writes > 30, report
+    assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}
+    print(f"naive: {report.reads} reads, {report.writes} writes, {len(report.stale)} stale")
+    assert len(report.stale) > 0, "the checker missed the stale-set race of naive cache-aside"
+
+
+def test_no_stale_reads_with_versioned_writes_two_processes(stack):
+    services = stack.serve(2, **RACE_WINDOWS)
+    report = checker(stack, services).run(8)
+    print(f"versioned: {report.reads} reads, {report.writes} writes, {len(report.stale)} stale")
+    assert report.reads > 300 and report.writes > 30, report
+    assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}
+    assert report.stale == []
+
+
+def cached_movies(stack: Stack) -> int:
+    import redis
+
+    with redis.Redis(port=stack.redis.port) as client:
+        return sum(1 for _ in client.scan_iter("movieservice:movie:*"))
+
+
+def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.1)
+
+
+def test_redis_killed_and_restarted_under_load(stack):
+    services = stack.serve(2, **RACE_WINDOWS)
+
+    def outage() -> None:
+        time.sleep(2)
+        stack.redis.kill()
+        time.sleep(3)
+        stack.restart_redis()
+
+    report = checker(stack, services).run(12, during=outage)
+    assert report.stale == []
+    # Reads fell back to MongoDB and writes deferred their cache updates: clients saw no error.
+    assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}, report
+    # Recovered by itself: the cache fills again.
+    with grpc.insecure_channel(services[0].target) as channel:
+        stub = movies_pb2_grpc.MovieServiceStub(channel)
+        wait_for(lambda: [stub.Get(movies_pb2.GetRequest(id=m)) for m in movie_ids(stack)] and cached_movies(stack) > 0,
+                 what="refilling the restarted Redis")  # fmt: skip
+
+
+def test_redis_paused_under_load(stack):
+    services = stack.serve(2, **RACE_WINDOWS)
+
+    def pause() -> None:
+        time.sleep(2)
+        stack.redis.process.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)
+        stack.redis.process.send_signal(signal.SIGCONT)
+
+    report = checker(stack, services).run(12, during=pause)
+    assert report.stale == []
+    assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}, report
+
+
+def test_writes_during_a_redis_outage_leave_nothing_stale_behind(stack):
+    """Redis keeps its data through the outage (a network cut, not a restart):
+    the copies it holds from before must not be served after it is back."""
+    services = stack.serve(2)
+    movie = movie_ids(stack)[0]
+    stubs = [movies_pb2_grpc.MovieServiceStub(grpc.insecure_channel(s.target)) for s in services]
+    metadata = (("authorization", f"Bearer {AUTH_TOKEN}"),)
+    for stub in stubs:
+        stub.Get(movies_pb2.GetRequest(id=movie))
+    wait_for(lambda: cached_movies(stack) > 0, what="caching the movie")
+    stack.redis.process.send_signal(signal.SIGSTOP)
+    try:
+        stubs[0].Upsert(
+            movies_pb2.UpsertRequest(movie=movies_pb2.Movie(id=movie, title="written during the outage")),
+            metadata=metadata,
+            timeout=10,
+        )
+        assert stubs[1].Get(movies_pb2.GetRequest(id=movie), timeout=10).movie.title == "written during the outage"
+    finally:
+        stack.redis.process.send_signal(signal.SIGCONT)
+    for _ in range(50):
+        for stub in stubs:
+            assert stub.Get(movies_pb2.GetRequest(id=movie), timeout=10).movie.title == "written during the outage"
+        time.sleep(0.05)
+
+
+def test_mongodb_stopped_and_restarted_under_load(stack):
+    services = stack.serve(2)
+    ids = movie_ids(stack)
+    cached, uncached = ids[0], ids[-1]
+    outage_results: dict[str, object] = {}
+
+    def outage() -> None:
+        time.sleep(2)
+        with grpc.insecure_channel(services[1].target) as channel:
+            stub = movies_pb2_grpc.MovieServiceStub(channel)
+            stub.Get(movies_pb2.GetRequest(id=cached), timeout=10)
+            stack.stop_mongo()
+            time.sleep(0.5)
+            outage_results["hit"] = stub.Get(movies_pb2.GetRequest(id=cached), timeout=10).movie.id
+            try:
+                stub.Get(movies_pb2.GetRequest(id=str(pymongo.collection.ObjectId())), timeout=10)
+            except grpc.RpcError as error:
+                outage_results["miss"] = (error.code(), error.details())
+            time.sleep(2)
+        stack.start_mongo()
+
+    report = ConsistencyChecker([s.target for s in services], ids[1:-1], AUTH_TOKEN).run(12, during=outage)
+    assert report.stale == []
+    assert outage_results["hit"] == cached, "cache hits are served while MongoDB is down"
+    assert outage_results["miss"] == (grpc.StatusCode.UNAVAILABLE, "MongoDB is unavailable")
+    # Only two outcomes: served, or UNAVAILABLE (never a hang, INTERNAL or UNKNOWN).
+    assert set(report.read_codes) <= {"OK", "UNAVAILABLE"} and set(report.write_codes) <= {"OK", "UNAVAILABLE"}
+    assert report.write_codes["UNAVAILABLE"] > 0, "writes failed while MongoDB was down"
+    # Recovered by itself.
+    with grpc.insecure_channel(services[0].target) as channel:
+        stub = movies_pb2_grpc.MovieServiceStub(channel)
+        wait_for(
+            lambda: _upsert_works(stub, uncached),
+            what="writes succeeding again after MongoDB came back",
+        )
+
+
+def _upsert_works(stub, movie_id: str) -> bool:
+    try:
+        stub.Upsert(
+            movies_pb2.UpsertRequest(movie=movies_pb2.Movie(id=movie_id, title="after the outage")),
+            metadata=(("authorization", f"Bearer {AUTH_TOKEN}"),),
+            timeout=5,
+        )
+    except grpc.RpcError:
+        return False
+    return stub.Get(movies_pb2.GetRequest(id=movie_id), timeout=5).movie.title == "after the outage"
