@@ -28,6 +28,7 @@ class CircuitBreaker:
         failure_threshold: int = 3,
         reset_seconds: float = 1.0,
         probe: Callable[[], None] | None = None,
+        close_on_success: bool = False,
         on_change: Callable[[str, BreakerState], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -35,12 +36,17 @@ class CircuitBreaker:
         self._threshold = failure_threshold
         self._reset = reset_seconds
         self._probe = probe
+        # Whether a call that succeeds while the circuit is open (one let through
+        # before it opened) closes it. Not when closing needs the probe's work.
+        self._close_on_success = close_on_success
         self._on_change = on_change
         self._clock = clock
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
+        self._closed_at = float("-inf")
+        self._last_success = float("-inf")
         self._prober: int | None = None
         # How many times the circuit closed again after opening.
         self.recoveries = 0
@@ -73,17 +79,33 @@ class CircuitBreaker:
         with self._lock:
             self._prober = None
             self._failures = 0
-            self.recoveries += 1
-            self._set(BreakerState.CLOSED)
+            self._closed()
         return True
 
     def success(self) -> None:
-        if self._failures:
+        self._last_success = self._clock()
+        if self._failures or self._state is not BreakerState.CLOSED:
             with self._lock:
                 self._failures = 0
+                if self._close_on_success and self._state is BreakerState.OPEN:
+                    self._closed()
 
-    def failure(self) -> None:
+    def _closed(self) -> None:
+        self.recoveries += 1
+        self._closed_at = self._clock()
+        self._set(BreakerState.CLOSED)
+
+    def now(self) -> float:
+        """The breaker's clock: pass its value at the start of a call to `failure`."""
+        return self._clock()
+
+    def failure(self, started_at: float | None = None) -> None:
+        """Count a failed call. A call that started before the dependency last
+        answered (or before the circuit last closed) says nothing about it now:
+        it was caught by an earlier outage, and is not counted."""
         with self._lock:
+            if started_at is not None and started_at < max(self._closed_at, self._last_success):
+                return
             self._failures += 1
             if self._state is BreakerState.CLOSED and self._failures >= self._threshold:
                 self._open()

@@ -46,8 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
-        from internal.server import serve
-
         return serve(settings)
     if args.command == "seed":
         source = args.source
@@ -55,6 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("seed needs --from DIR or --synthetic N")
         return seed_store(settings, source, args.synthetic, replace=args.replace, clear_cache=not args.keep_cache)
     return run_dev(settings, args.data_dir, args.source, args.synthetic)
+
+
+def serve(settings: Settings) -> int:
+    """One process, or a supervisor forking WORKERS processes."""
+    if settings.workers > 1:
+        from internal.supervisor import supervise
+
+        return supervise(settings)
+    from internal import server
+
+    return server.serve(settings)
 
 
 def _add_seed_source(parser: argparse.ArgumentParser, flag: str) -> None:
@@ -112,7 +121,6 @@ def _clear_cache(settings: Settings) -> None:
 
 def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: int | None) -> int:
     from internal.devstack.processes import ToolMissing, ferretdb_server, redis_server
-    from internal.server import serve
     from internal.store.mongo import MOVIES, MongoStore
 
     explicit = configured_names()

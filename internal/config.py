@@ -52,6 +52,8 @@ class Settings:
     cache_consistency: str = "versioned"
     # Test hook: delay between reading MongoDB and filling the cache on a miss.
     test_fill_delay_seconds: float = 0.0
+    # Buckets of grpc_server_handling_seconds (GRPC_HISTOGRAM_BUCKETS="0.001,0.005,...").
+    grpc_histogram_buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __post_init__(self) -> None:
         _check_port("GRPC_PORT", self.grpc_port, allow_zero=True)
@@ -70,6 +72,8 @@ class Settings:
             raise ConfigError("TOPRATED_MIN_VOTES must be >= 0")
         if not (0 <= self.toprated_prior_rating <= 10):
             raise ConfigError("TOPRATED_PRIOR_RATING must be between 0 and 10")
+        if self.workers > 1 and self.grpc_port == 0:
+            raise ConfigError("WORKERS > 1 needs a fixed GRPC_PORT (all workers share it)")
         if self.cache_consistency not in ("versioned", "naive"):
             raise ConfigError(f"CACHE_CONSISTENCY must be 'versioned' or 'naive', got {self.cache_consistency!r}")
         if not (math.isfinite(self.test_fill_delay_seconds) and self.test_fill_delay_seconds >= 0):
@@ -110,10 +114,19 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: Path | 
 
 
 def _parse(name: str, raw: str, kind: object) -> object:
+    # `kind` is the field's annotation, a string under `from __future__ import annotations`.
+    if kind == "tuple[float, ...]":
+        try:
+            buckets = tuple(sorted(float(part) for part in raw.split(",") if part.strip()))
+        except ValueError:
+            raise ConfigError(f"{name} must be comma-separated numbers, got {raw!r}") from None
+        if not buckets or not all(math.isfinite(b) and b > 0 for b in buckets):
+            raise ConfigError(f"{name} must be positive numbers, got {raw!r}")
+        return buckets
     try:
-        if kind in (int, "int"):
+        if kind == "int":
             return int(raw)
-        if kind in (float, "float"):
+        if kind == "float":
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None

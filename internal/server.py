@@ -13,14 +13,17 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from internal.cache.redis_cache import RedisCache
 from internal.config import Settings, redact_url
 from internal.health import HealthReporter
+from internal.interceptor import GrpcMetrics, PrometheusInterceptor
 from internal.service.movies import MovieService
 from internal.service.ranking import Ranking
 from internal.store.mongo import MongoStore
@@ -119,9 +122,11 @@ class ListenError(RuntimeError):
     pass
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, metrics_http: bool = True) -> int:
     """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop.
 
+    One worker process; with `metrics_http`, it also serves /metrics on
+    METRICS_PORT (with WORKERS > 1 the supervisor does that instead).
     Returns the process exit status.
     """
     app = build_app(settings)
@@ -132,7 +137,8 @@ def serve(settings: Settings) -> int:
         redact_url(settings.redis_url),
     )
     try:
-        server, port = create_server(settings, app)
+        interceptor = PrometheusInterceptor(grpc_metrics(settings.grpc_histogram_buckets))
+        server, port = create_server(settings, app, [interceptor])
     except ListenError as error:
         log.error("%s", error)
         app.close()
@@ -145,6 +151,7 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics_server = start_metrics_http(settings) if metrics_http else None
     app.start()
     server.start()
     log.info("serving movies.v1.MovieService on %s:%d", settings.grpc_host, port)
@@ -153,5 +160,28 @@ def serve(settings: Settings) -> int:
     app.health.enter_graceful_shutdown()
     server.stop(settings.grace_period_seconds).wait()
     app.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("stopped")
     return 0
+
+
+def start_metrics_http(settings: Settings, registry: CollectorRegistry = REGISTRY) -> WSGIServer | None:
+    """Serve `registry` on http://GRPC_HOST:METRICS_PORT/metrics (None when METRICS_PORT is 0)."""
+    if not settings.metrics_port:
+        return None
+    host = settings.grpc_host.strip("[]") or "::"
+    metrics_server, _ = start_http_server(settings.metrics_port, addr=host, registry=registry)
+    log.info("serving Prometheus metrics on %s:%d/metrics", settings.grpc_host, settings.metrics_port)
+    return metrics_server
+
+
+_GRPC_METRICS: GrpcMetrics | None = None
+
+
+def grpc_metrics(buckets: Sequence[float]) -> GrpcMetrics:
+    """The process' gRPC metric families (created on first use)."""
+    global _GRPC_METRICS
+    if _GRPC_METRICS is None:
+        _GRPC_METRICS = GrpcMetrics(buckets)
+    return _GRPC_METRICS

@@ -237,10 +237,11 @@ class RedisCache:
             DEPENDENCY_ERRORS.labels("redis", "circuit_open").inc()
             raise CacheUnavailable("Redis is unavailable (circuit breaker open)")
         started = time.perf_counter()
+        started_at = self._breaker.now()
         try:
             result = call()
         except RedisError as error:
-            self._breaker.failure()
+            self._breaker.failure(started_at)
             kind = "timeout" if isinstance(error, RedisTimeoutError) else "unavailable"
             DEPENDENCY_ERRORS.labels("redis", kind).inc()
             raise CacheUnavailable(f"Redis is unavailable: {type(error).__name__}") from error

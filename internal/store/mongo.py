@@ -88,6 +88,7 @@ class MongoStore:
             failure_threshold=3,
             reset_seconds=1.0,
             probe=self._ping_server,
+            close_on_success=True,
             on_change=lambda name, state: BREAKER_STATE.labels(name).set(int(state)),
         )
         BREAKER_STATE.labels("mongodb").set(0)
@@ -173,11 +174,12 @@ class MongoStore:
             DEPENDENCY_ERRORS.labels("mongodb", "circuit_open").inc()
             raise StoreUnavailable("MongoDB is unavailable")
         started = time.perf_counter()
+        started_at = self._breaker.now()
         try:
             with pymongo.timeout(seconds):
                 yield
         except ServerSelectionTimeoutError as error:
-            self._failed("unavailable")
+            self._failed("unavailable", started_at)
             raise StoreUnavailable("MongoDB is unavailable") from error
         except DependencyError:
             raise
@@ -186,7 +188,7 @@ class MongoStore:
                 DEPENDENCY_ERRORS.labels("mongodb", "timeout").inc()
                 raise StoreTimeout("MongoDB did not answer before the deadline") from error
             if isinstance(error, ConnectionFailure):
-                self._failed("unavailable")
+                self._failed("unavailable", started_at)
                 raise StoreUnavailable("MongoDB is unavailable") from error
             DEPENDENCY_ERRORS.labels("mongodb", "error").inc()
             raise
@@ -197,8 +199,8 @@ class MongoStore:
         with pymongo.timeout(2):
             self._db.command("ping")
 
-    def _failed(self, kind: str) -> None:
-        self._breaker.failure()
+    def _failed(self, kind: str, started_at: float) -> None:
+        self._breaker.failure(started_at)
         DEPENDENCY_ERRORS.labels("mongodb", kind).inc()
 
     # Used by `movieservice seed`, not by the service.

@@ -64,7 +64,7 @@ class Stack:
 
     def serve(self, count: int = 2, **env: str) -> list[ServiceProcess]:
         """Start `count` server processes; MongoDB through the proxy, Redis direct."""
-        for index in range(count):
+        for _ in range(count):
             port = free_port()
             log = self.directory / f"service-{len(self.services)}.log"
             environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "GRPC"))}
@@ -89,7 +89,6 @@ class Stack:
                 )
             wait_for_port(port, 30, process)  # type: ignore[arg-type]
             self.services.append(ServiceProcess(process, port, log))
-            del index
         return self.services[-count:]
 
     def restart_redis(self) -> None:

@@ -1,0 +1,103 @@
+"""The circuit breaker's state machine (unit tests with a fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from internal.breaker import BreakerState, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(clock: Clock, probe=None, **kwargs) -> CircuitBreaker:
+    return CircuitBreaker("dep", failure_threshold=3, reset_seconds=1.0, probe=probe, clock=clock, **kwargs)
+
+
+def test_opens_after_consecutive_failures_and_fails_fast():
+    clock = Clock()
+    b = breaker(clock)
+    b.failure(clock())
+    b.failure(clock())
+    b.success()
+    b.failure(clock())
+    b.failure(clock())
+    assert b.state is BreakerState.CLOSED, "a success resets the count"
+    clock.now += 0.1
+    b.failure(clock())
+    assert b.state is BreakerState.OPEN
+    assert not b.allow()
+
+
+def test_probes_after_the_reset_time_and_closes_when_the_probe_succeeds():
+    clock = Clock()
+    probes = []
+    b = breaker(clock, probe=lambda: probes.append(clock()))
+    b.trip()
+    clock.now += 0.5
+    assert not b.allow() and probes == []
+    clock.now += 0.6
+    assert b.allow() and probes == [clock.now]
+    assert b.state is BreakerState.CLOSED and b.recoveries == 1
+
+
+def test_a_failing_probe_keeps_it_open():
+    clock = Clock()
+
+    def probe() -> None:
+        raise ConnectionError("still down")
+
+    b = breaker(clock, probe=probe)
+    b.trip()
+    clock.now += 2
+    assert not b.allow()
+    assert b.state is BreakerState.OPEN and b.recoveries == 0
+
+
+def test_failures_of_calls_older_than_the_last_success_are_ignored():
+    """Calls caught by an outage fail after the dependency is back: they must not reopen it."""
+    clock = Clock()
+    b = breaker(clock)
+    started_during_outage = clock()
+    clock.now += 1
+    b.success()
+    for _ in range(5):
+        b.failure(started_during_outage)
+    assert b.state is BreakerState.CLOSED
+
+
+def test_close_on_success_only_when_asked():
+    clock = Clock()
+    closing = breaker(clock, close_on_success=True)
+    keeping = breaker(clock)
+    for b in (closing, keeping):
+        b.trip()
+        b.success()
+    assert closing.state is BreakerState.CLOSED
+    assert keeping.state is BreakerState.OPEN, "this one must run its probe before closing"
+
+
+def test_state_changes_are_reported():
+    clock = Clock()
+    changes = []
+    b = breaker(clock, on_change=lambda name, state: changes.append((name, state)))
+    b.trip()
+    clock.now += 2
+    b.allow()
+    assert changes == [("dep", BreakerState.OPEN), ("dep", BreakerState.HALF_OPEN), ("dep", BreakerState.CLOSED)]
+
+
+@pytest.mark.parametrize("threshold", [1, 3])
+def test_threshold(threshold):
+    clock = Clock()
+    b = CircuitBreaker("dep", failure_threshold=threshold, clock=clock)
+    for _ in range(threshold - 1):
+        b.failure(clock())
+    assert b.state is BreakerState.CLOSED
+    b.failure(clock())
+    assert b.state is BreakerState.OPEN

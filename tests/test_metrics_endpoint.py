@@ -1,0 +1,139 @@
+"""/metrics of a real server process: one worker, then WORKERS=2 summed by the
+supervisor (prometheus-client multiprocess mode), worker restarts, JSON logs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from internal.devstack.processes import free_port, wait_for_port
+from movies.v1 import movies_pb2, movies_pb2_grpc
+from tests.conftest import VENV_BIN, service_env
+
+
+def start(settings, tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], int, int, Path]:
+    grpc_port, metrics_port = free_port(), free_port()
+    log = tmp_path / f"server-{grpc_port}.log"
+    environment = service_env(settings) | {"GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port)} | env
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "movieservice"), "serve"],
+            env=environment,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for_port(grpc_port, 30, process)  # type: ignore[arg-type]
+    wait_for_port(metrics_port, 30, process)  # type: ignore[arg-type]
+    return process, grpc_port, metrics_port, log
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def handled(samples, method: str, code: str) -> float:
+    labels = (("grpc_code", code), ("grpc_method", method), ("grpc_service", "movies.v1.MovieService"),
+              ("grpc_type", "unary"))  # fmt: skip
+    return samples.get(("grpc_server_handled_total", labels), 0.0)
+
+
+def calls(port: int, ids: list[str], connections: int = 1) -> None:
+    """5 hits/misses per id list, then NOT_FOUND and INVALID_ARGUMENT, spread over `connections`."""
+    for _ in range(connections):
+        # A connection per channel: with WORKERS > 1 the kernel spreads them over the workers.
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = movies_pb2_grpc.MovieServiceStub(channel)
+            for movie_id in ids:
+                stub.Get(movies_pb2.GetRequest(id=movie_id), timeout=10)
+            for bad in ("0" * 24, "xyz"):
+                with contextlib.suppress(grpc.RpcError):
+                    stub.Get(movies_pb2.GetRequest(id=bad), timeout=10)
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=30)
+
+
+def test_one_worker_serves_grpc_and_cache_metrics(settings, seeded_ids, tmp_path):
+    process, grpc_port, metrics_port, _ = start(settings, tmp_path)
+    try:
+        calls(grpc_port, seeded_ids[:5])
+        calls(grpc_port, seeded_ids[:5])
+        samples = scrape(metrics_port)
+        assert handled(samples, "Get", "OK") == 10
+        assert handled(samples, "Get", "NOT_FOUND") == 2
+        assert handled(samples, "Get", "INVALID_ARGUMENT") == 2
+        lookups = {dict(labels)["result"]: value for (name, labels), value in samples.items()
+                   if name == "movieservice_cache_lookups_total" and dict(labels)["cache"] == "movie"}  # fmt: skip
+        assert lookups["hit"] + lookups["miss"] + lookups["negative_hit"] == 12
+        assert lookups["hit"] >= 5, "the second round is served from Redis"
+        assert any(name == "movieservice_dependency_seconds_count" for name, _ in samples)
+        assert samples[("movieservice_circuit_breaker_state", (("dependency", "redis"),))] == 0
+    finally:
+        assert stop(process) == 0
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seeded_ids, tmp_path):
+    process, grpc_port, metrics_port, log = start(settings, tmp_path, WORKERS="2")
+    try:
+        workers = children(process.pid)
+        assert len(workers) == 2, log.read_text()
+        calls(grpc_port, seeded_ids[:5], connections=8)
+        assert handled(scrape(metrics_port), "Get", "OK") == 40
+
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(children(process.pid) - {victim}) < 2:
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.1)
+        wait_for_port(grpc_port, 10)
+        calls(grpc_port, seeded_ids[:5], connections=8)
+        # The dead worker's counts stay in the sum.
+        assert handled(scrape(metrics_port), "Get", "OK") == 80
+        assert "died with status -9: restarting it" in log.read_text()
+    finally:
+        assert stop(process) == 0, log.read_text()
+    assert not children(process.pid)
+
+
+def test_json_logs_never_show_a_password(settings, tmp_path):
+    secret_url = f"mongodb://admin:hunter2secret@127.0.0.1:{free_port()}/"
+    process, _, _, log = start(settings, tmp_path, LOG_FORMAT="json", MONGO_URL=secret_url)
+    time.sleep(3)  # let the health checks fail against the unreachable MongoDB
+    assert stop(process) == 0
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert any("admin:***@" in entry["message"] for entry in entries)
+    assert "hunter2secret" not in log.read_text()
