@@ -53,3 +53,20 @@ go_tool() { # name module version
 go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
 go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"
 echo "install-tools: ok ($BIN)"
+
+# Interop clients (tests/test_interop.py). protoc-gen-go / protoc-gen-go-grpc
+# for scripts/gen_go.sh, at the versions pinned there (read from its
+# PROTOC_GEN_GO*_VERSION= lines, so there is one place to bump them).
+pin() { sed -n "s/^$1=\([^ ]*\).*/\1/p" scripts/gen_go.sh; }
+go_tool protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$(pin PROTOC_GEN_GO_VERSION)"
+go_tool protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc "$(pin PROTOC_GEN_GO_GRPC_VERSION)"
+# The Node client's pinned packages, from its package-lock.json.
+if [ ! -d tests/interop/node/node_modules ]; then
+  if command -v npm >/dev/null; then
+    echo "install-tools: npm ci in tests/interop/node"
+    (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
+  else
+    echo "install-tools: npm not found, the Node interop test will be skipped" >&2
+  fi
+fi
+echo "install-tools: interop ok"

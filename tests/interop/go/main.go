@@ -1,0 +1,153 @@
+// Command interop is a Go client of movies.v1.MovieService: it calls every RPC
+// once (and a few error paths) and prints one JSON object per step, for
+// tests/test_interop.py to check. It reports what it saw rather than judging
+// it, so it exits 0 whenever it could run every step.
+//
+//	go run ./tests/interop/go -target=localhost:50051 -token=dev-token -id=ID -slow-id=ID [-latitude=44.85 -longitude=-93.24]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"log"
+	"os"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	moviesv1 "github.com/movieservice/movieservice/gen/go/movies/v1"
+)
+
+// step is one line of output: its name, the gRPC code and what else it saw.
+type step map[string]any
+
+func report(name string, err error, fields step) {
+	// The canonical names (DEADLINE_EXCEEDED), as every gRPC implementation
+	// spells them; codes.Code's String() gives Go's (DeadlineExceeded).
+	out := step{"step": name, "code": code.Code_name[int32(status.Code(err))]}
+	if err != nil {
+		st := status.Convert(err)
+		out["message"] = st.Message()
+		// google.rpc.BadRequest travels in the grpc-status-details-bin trailer;
+		// status.Details decodes it (errdetails registers the type).
+		violations := map[string]string{}
+		for _, detail := range st.Details() {
+			if bad, ok := detail.(*errdetails.BadRequest); ok {
+				for _, v := range bad.GetFieldViolations() {
+					violations[v.GetField()] = v.GetDescription()
+				}
+			}
+		}
+		if len(violations) > 0 {
+			out["field_violations"] = violations
+		}
+	}
+	for k, v := range fields {
+		out[k] = v
+	}
+	line, _ := json.Marshal(out)
+	os.Stdout.Write(append(line, '\n'))
+}
+
+func movieIDs(movies []*moviesv1.Movie) []string {
+	ids := make([]string, 0, len(movies))
+	for _, m := range movies {
+		ids = append(ids, m.GetId())
+	}
+	return ids
+}
+
+func main() {
+	target := flag.String("target", "localhost:50051", "server address")
+	token := flag.String("token", "", "bearer token for Upsert")
+	id := flag.String("id", "", "id of an existing movie")
+	slowID := flag.String("slow-id", "", "id of an existing movie that is not cached (for the deadline step)")
+	latitude := flag.Float64("latitude", 44.85, "Nearby point (default: a theater in the real sample data)")
+	longitude := flag.Float64("longitude", -93.24, "Nearby point")
+	flag.Parse()
+	if *id == "" || *slowID == "" {
+		log.Fatal("-id and -slow-id are required")
+	}
+
+	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatalf("connect %s: %v", *target, err)
+	}
+	defer conn.Close()
+	client := moviesv1.NewMovieServiceClient(conn)
+
+	// Every step but the deadline one gets a generous deadline of its own.
+	call := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 10*time.Second)
+	}
+
+	ctx, cancel := call()
+	got, err := client.Get(ctx, &moviesv1.GetRequest{Id: *id})
+	cancel()
+	report("get", err, step{"id": got.GetMovie().GetId(), "title": got.GetMovie().GetTitle(), "year": got.GetMovie().GetYear()})
+
+	ctx, cancel = call()
+	_, err = client.Get(ctx, &moviesv1.GetRequest{Id: "000000000000000000000000"})
+	cancel()
+	report("get_not_found", err, nil)
+
+	ctx, cancel = call()
+	_, err = client.Get(ctx, &moviesv1.GetRequest{Id: "xyz"})
+	cancel()
+	report("get_invalid", err, nil)
+
+	movie := &moviesv1.Movie{
+		Title:  "Interop from Go",
+		Year:   2024,
+		Genres: []string{"Drama"},
+		Plot:   proto.String("A movie written by the Go interop client."),
+		Imdb:   &moviesv1.Imdb{Rating: proto.Float64(7.1), Votes: proto.Int32(1500)},
+	}
+	ctx, cancel = call()
+	_, err = client.Upsert(ctx, &moviesv1.UpsertRequest{Movie: movie})
+	cancel()
+	report("upsert_unauthenticated", err, nil)
+
+	ctx, cancel = call()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*token)
+	upserted, err := client.Upsert(ctx, &moviesv1.UpsertRequest{Movie: movie})
+	cancel()
+	report("upsert", err, step{
+		"created": upserted.GetCreated(), "id": upserted.GetMovie().GetId(), "title": upserted.GetMovie().GetTitle(),
+		"imdb_rating": upserted.GetMovie().GetImdb().GetRating(), "lastupdated": upserted.GetMovie().GetLastupdated(),
+	})
+
+	ctx, cancel = call()
+	page1, err := client.TopRated(ctx, &moviesv1.TopRatedRequest{Genre: "Drama", PageSize: 3})
+	cancel()
+	report("top_rated", err, step{"ids": movieIDs(page1.GetMovies()), "next_page_token": page1.GetNextPageToken()})
+
+	ctx, cancel = call()
+	page2, err := client.TopRated(ctx, &moviesv1.TopRatedRequest{Genre: "Drama", PageSize: 3, PageToken: page1.GetNextPageToken()})
+	cancel()
+	report("top_rated_page2", err, step{"ids": movieIDs(page2.GetMovies()), "next_page_token": page2.GetNextPageToken()})
+
+	ctx, cancel = call()
+	near, err := client.Nearby(ctx, &moviesv1.NearbyRequest{Latitude: *latitude, Longitude: *longitude, RadiusKm: 10})
+	cancel()
+	theaters := []step{}
+	for _, t := range near.GetTheaters() {
+		theaters = append(theaters, step{"theater_id": t.GetTheater().GetTheaterId(), "distance_km": t.GetDistanceKm()})
+	}
+	report("nearby", err, step{"theaters": theaters})
+
+	// The caller makes MongoDB slow and passes an uncached id: the 200 ms
+	// deadline, sent to the server as grpc-timeout, must end the call.
+	start := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err = client.Get(ctx, &moviesv1.GetRequest{Id: *slowID})
+	cancel()
+	report("get_deadline", err, step{"elapsed_ms": time.Since(start).Milliseconds()})
+}
