@@ -57,3 +57,22 @@ FILL_LAG_SECONDS = Histogram(
     "Time from answering a miss to the movie being in the cache (population lag).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+
+
+def initialize() -> None:
+    """Create every known series at 0, so that its first increase shows in
+    rate() and increase() (a series born at 1 looks like no change)."""
+    for cache in ("movie", "top_rated", "geo"):
+        for result in ("hit", "miss", "negative_hit", "error"):
+            CACHE_LOOKUPS.labels(cache, result)
+    for how in ("in_process", "lease"):
+        COALESCED.labels(how)
+    for rpc in ("Get", "TopRated", "Nearby"):
+        FALLBACKS.labels(rpc)
+    for result in ("recorded", "applied"):
+        CACHE_REPAIRS.labels(result)
+    for index in ("top_rated", "geo"):
+        INDEX_REBUILDS.labels(index)
+    for dependency in ("redis", "mongodb"):
+        for kind in ("unavailable", "timeout", "circuit_open", "error"):
+            DEPENDENCY_ERRORS.labels(dependency, kind)

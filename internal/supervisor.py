@@ -38,6 +38,7 @@ def supervise(settings: Settings) -> int:
     from prometheus_client import CollectorRegistry, multiprocess
 
     from internal import server
+    from internal.interceptor import UnaryMessageCounts
 
     workers: dict[int, tuple[int, float]] = {}  # pid -> (worker number, start time)
     stopping = False
@@ -68,7 +69,8 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    workers_collector = multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(UnaryMessageCounts(workers_collector))
     metrics_server = server.start_metrics_http(settings, registry)
     failed = False
     try:

@@ -192,8 +192,11 @@ class MongoStore:
                 raise StoreUnavailable("MongoDB is unavailable") from error
             DEPENDENCY_ERRORS.labels("mongodb", "error").inc()
             raise
+        finally:
+            # Failed operations are timed too: a dependency that is timing out
+            # shows as high latency, not only as errors.
+            DEPENDENCY_SECONDS.labels("mongodb", operation).observe(time.perf_counter() - started)
         self._breaker.success()
-        DEPENDENCY_SECONDS.labels("mongodb", operation).observe(time.perf_counter() - started)
 
     def _ping_server(self) -> None:
         with pymongo.timeout(2):
