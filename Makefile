@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint fmt proto clean
+.PHONY: setup run test test-fast lint fmt proto loadtest bench clean
 
 setup: $(STAMP) .tools/bin/.ok
 
@@ -40,9 +40,19 @@ fmt: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Regenerate proto/movies/v1/*_pb2*.py after editing the .proto.
+# Regenerate the Python (proto/movies/v1/) and Go (gen/go/) code after editing the .proto.
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
+	scripts/gen_go.sh
+
+# ghz load tests of every RPC against the local stack (or TARGET=host:port TOKEN=...),
+# failing when a scenario breaks its error or p99 limit. Reports in reports/loadtest/.
+loadtest: setup
+	$(BIN)/python scripts/loadtest.py $(if $(TARGET),--target $(TARGET) --token "$(TOKEN)")
+
+# The benchmark (ratios measured within one run); writes BENCHMARKS.md.
+bench: setup
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) .tools .data .pytest_cache .mypy_cache .ruff_cache

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,7 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where local servers keep data")
     _add_seed_source(dev, "--seed-from")
 
+    from internal import client
+
+    client.add_parser(commands)
+
     args = parser.parse_args(argv)
+    if args.command == "client":
+        return client.run(args)
     try:
         settings = load_settings()
     except ConfigError as error:
@@ -120,44 +126,60 @@ def _clear_cache(settings: Settings) -> None:
 
 
 def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: int | None) -> int:
-    from internal.devstack.processes import ToolMissing, ferretdb_server, redis_server
-    from internal.store.mongo import MOVIES, MongoStore
+    from internal.devstack.processes import ToolMissing
 
-    explicit = configured_names()
-    data_dir = data_dir.resolve()
     with ExitStack() as servers:
         try:
-            if "MONGO_URL" not in explicit:
-                mongo = ferretdb_server(data_dir / "ferretdb").start()
-                servers.callback(mongo.stop)
-                settings = replace(settings, mongo_url=f"mongodb://127.0.0.1:{mongo.port}/")
-                log.info("started FerretDB at %s (data in %s)", settings.mongo_url, data_dir / "ferretdb")
-            if not {"REDIS_URL", "REDIS_HOST"} & explicit:
-                cache = redis_server(data_dir / "redis").start()
-                servers.callback(cache.stop)
-                settings = replace(settings, redis_url=f"redis://127.0.0.1:{cache.port}/0")
-                log.info("started redis-server at %s", settings.redis_url)
+            settings = servers.enter_context(local_dependencies(settings, data_dir.resolve(), configured_names()))
         except ToolMissing as error:
             log.error("%s", error)
             return 1
-        if "AUTH_TOKEN" not in explicit:
+        if "AUTH_TOKEN" not in configured_names():
             settings = replace(settings, auth_token=DEV_AUTH_TOKEN)
             log.info("writes need 'authorization: Bearer %s' (set AUTH_TOKEN to change it)", DEV_AUTH_TOKEN)
-
-        store = MongoStore(settings.mongo_url, settings.mongo_db)
-        try:
-            empty = store.count(MOVIES) == 0
-        finally:
-            store.close()
-        if empty or source is not None or synthetic is not None:
-            if source is None and synthetic is None:
-                if SHARED_SAMPLE_DATA.is_dir():
-                    source = SHARED_SAMPLE_DATA
-                else:
-                    synthetic = 1000
-            if seed_store(settings, source, synthetic, clear_cache=True) != 0:
-                return 1
+        if seed_if_needed(settings, source, synthetic) != 0:
+            return 1
         return serve(settings)
+
+
+@contextmanager
+def local_dependencies(settings: Settings, data_dir: Path, explicit: set[str]) -> Iterator[Settings]:
+    """Start FerretDB and redis-server under `data_dir`, each unless its URL is
+    in `explicit`; yields the settings pointing at them; stops them after."""
+    from internal.devstack.processes import ferretdb_server, redis_server
+
+    with ExitStack() as servers:
+        if "MONGO_URL" not in explicit:
+            mongo = ferretdb_server(data_dir / "ferretdb").start()
+            servers.callback(mongo.stop)
+            settings = replace(settings, mongo_url=f"mongodb://127.0.0.1:{mongo.port}/")
+            log.info("started FerretDB at %s (data in %s)", settings.mongo_url, data_dir / "ferretdb")
+        if not {"REDIS_URL", "REDIS_HOST"} & explicit:
+            cache = redis_server(data_dir / "redis").start()
+            servers.callback(cache.stop)
+            settings = replace(settings, redis_url=f"redis://127.0.0.1:{cache.port}/0")
+            log.info("started redis-server at %s", settings.redis_url)
+        yield settings
+
+
+def seed_if_needed(settings: Settings, source: Path | None, synthetic: int | None) -> int:
+    """Seed when asked to, or when the database has no movies: the real sample
+    data beside the project if it is there, else 1,000 synthetic movies."""
+    from internal.store.mongo import MOVIES, MongoStore
+
+    store = MongoStore(settings.mongo_url, settings.mongo_db)
+    try:
+        empty = store.count(MOVIES) == 0
+    finally:
+        store.close()
+    if not (empty or source is not None or synthetic is not None):
+        return 0
+    if source is None and synthetic is None:
+        if SHARED_SAMPLE_DATA.is_dir():
+            source = SHARED_SAMPLE_DATA
+        else:
+            synthetic = 1000
+    return seed_store(settings, source, synthetic, clear_cache=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ class Settings:
     movie_ttl_seconds: float = 3600.0
     # Lifetime of "this movie does not exist" entries.
     negative_ttl_seconds: float = 10.0
+    # Movies kept in each process' memory in front of Redis; 0 (the default)
+    # keeps the strict guarantee (see README: "The near cache").
+    near_cache_size: int = 0
+    near_cache_ttl_seconds: float = 30.0
     # Deadline applied to store calls when the client sets none.
     request_timeout_seconds: float = 5.0
     grace_period_seconds: float = 10.0
@@ -62,7 +66,9 @@ class Settings:
             raise ConfigError(f"WORKERS must be at least 1, got {self.workers}")
         if self.grpc_threads < 1:
             raise ConfigError(f"GRPC_THREADS must be at least 1, got {self.grpc_threads}")
-        for name in ("movie_ttl_seconds", "negative_ttl_seconds", "request_timeout_seconds"):
+        if self.near_cache_size < 0:
+            raise ConfigError(f"NEAR_CACHE_SIZE must be >= 0, got {self.near_cache_size}")
+        for name in ("movie_ttl_seconds", "negative_ttl_seconds", "near_cache_ttl_seconds", "request_timeout_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name.upper()} must be a positive number, got {value}")

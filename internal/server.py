@@ -13,13 +13,16 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
+from internal import metrics
 from internal.cache.redis_cache import RedisCache
 from internal.config import Settings, redact_url
 from internal.health import HealthReporter
@@ -27,10 +30,11 @@ from internal.interceptor import GrpcMetrics, PrometheusInterceptor
 from internal.service.movies import MovieService
 from internal.service.ranking import Ranking
 from internal.store.mongo import MongoStore
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movies.v1 import movies_pb2
 
 log = logging.getLogger(__name__)
 
+RPC_NAMES = tuple(movies_pb2.DESCRIPTOR.services_by_name["MovieService"].methods_by_name)
 SERVICE_NAMES = (
     movies_pb2.DESCRIPTOR.services_by_name["MovieService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -67,9 +71,12 @@ class App:
 
 
 def build_app(settings: Settings) -> App:
+    metrics.initialize()
     ranking = Ranking(min_votes=settings.toprated_min_votes, prior_rating=settings.toprated_prior_rating)
     cache = RedisCache(
         settings.redis_url,
+        near_cache_size=settings.near_cache_size,
+        near_cache_ttl_seconds=settings.near_cache_ttl_seconds,
         key_prefix=settings.redis_key_prefix,
         movie_ttl_seconds=settings.movie_ttl_seconds,
         negative_ttl_seconds=settings.negative_ttl_seconds,
@@ -94,28 +101,53 @@ def build_app(settings: Settings) -> App:
 
 
 def register(server: grpc.Server, app: App) -> None:
-    """Add the MovieService, health and reflection services to `server`."""
-    movies_pb2_grpc.add_MovieServiceServicer_to_server(app.service, server)  # type: ignore[no-untyped-call]
+    """Add the MovieService, health and reflection services to `server`.
+
+    MovieService is registered by hand rather than with the generated
+    add_MovieServiceServicer_to_server because Get, TopRated and Nearby return
+    their responses already serialized, assembled from the cached bytes; their
+    response serializer is the identity.
+    """
+    service = app.service
+    rpc = grpc.unary_unary_rpc_method_handler
+    handlers: dict[str, Any] = {
+        "Get": rpc(service.Get, movies_pb2.GetRequest.FromString, None),
+        "Upsert": rpc(service.Upsert, movies_pb2.UpsertRequest.FromString, _serialize),
+        "TopRated": rpc(service.TopRated, movies_pb2.TopRatedRequest.FromString, None),
+        "Nearby": rpc(service.Nearby, movies_pb2.NearbyRequest.FromString, None),
+    }
+    name = SERVICE_NAMES[0]
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    # Registered methods skip grpcio's per-call search through generic handlers.
+    server.add_registered_method_handlers(name, handlers)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
 
 
-def create_server(
-    settings: Settings, app: App, interceptors: Sequence[grpc.ServerInterceptor] = ()
-) -> tuple[grpc.Server, int]:
-    server = grpc.server(
+def new_grpc_server(settings: Settings, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
+    """The grpcio server every worker runs (also the benchmark's ceiling server)."""
+    return grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
         interceptors=list(interceptors),
         # With one worker the port must be exclusive: a second server on the
         # same port is an error, not a silent share.
         options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
     )
-    register(server, app)
+
+
+def listen(server: grpc.Server, settings: Settings) -> int:
     try:
-        port = server.add_insecure_port(settings.grpc_address)
+        return server.add_insecure_port(settings.grpc_address)
     except RuntimeError as error:  # grpcio raises when the port is taken
         raise ListenError(f"could not listen on {settings.grpc_address}: {error}") from None
-    return server, port
+
+
+def create_server(
+    settings: Settings, app: App, interceptors: Sequence[grpc.ServerInterceptor] = ()
+) -> tuple[grpc.Server, int]:
+    server = new_grpc_server(settings, interceptors)
+    register(server, app)
+    return server, listen(server, settings)
 
 
 class ListenError(RuntimeError):
@@ -137,8 +169,10 @@ def serve(settings: Settings, *, metrics_http: bool = True) -> int:
         redact_url(settings.redis_url),
     )
     try:
+        # No metrics port, no metrics: the interceptor costs time on every call.
         interceptor = PrometheusInterceptor(grpc_metrics(settings.grpc_histogram_buckets))
-        server, port = create_server(settings, app, [interceptor])
+        interceptor.initialize(f"/{SERVICE_NAMES[0]}/{name}" for name in RPC_NAMES)
+        server, port = create_server(settings, app, [interceptor] if settings.metrics_port else [])
     except ListenError as error:
         log.error("%s", error)
         app.close()
@@ -174,6 +208,10 @@ def start_metrics_http(settings: Settings, registry: CollectorRegistry = REGISTR
     metrics_server, _ = start_http_server(settings.metrics_port, addr=host, registry=registry)
     log.info("serving Prometheus metrics on %s:%d/metrics", settings.grpc_host, settings.metrics_port)
     return metrics_server
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 _GRPC_METRICS: GrpcMetrics | None = None

@@ -25,7 +25,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-apt_install redis-server redis-tools prometheus
+apt_install redis-server redis-tools prometheus nghttp2-client
 
 command -v go >/dev/null || { echo "install-tools: Go is required to build ferretdb, grpcurl and ghz" >&2; exit 1; }
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local

@@ -23,3 +23,13 @@ def test_generated_code_is_fresh(tmp_path):
 def test_proto_passes_buf_lint():
     result = subprocess.run([str(VENV_BIN / "buf"), "lint"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_proto_has_no_breaking_change_against_main():
+    """On a branch this compares with main; on main itself it compares main with itself."""
+    has_main = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "main"], cwd=PROJECT_ROOT).returncode == 0
+    against = ".git#branch=main" if has_main else ".git#ref=HEAD"
+    result = subprocess.run(
+        [str(VENV_BIN / "buf"), "breaking", "--against", against], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

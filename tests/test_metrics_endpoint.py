@@ -32,8 +32,13 @@ def start(settings, tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes]
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    wait_for_port(grpc_port, 30, process)  # type: ignore[arg-type]
-    wait_for_port(metrics_port, 30, process)  # type: ignore[arg-type]
+    try:
+        wait_for_port(grpc_port, 30, process)  # type: ignore[arg-type]
+        wait_for_port(metrics_port, 30, process)  # type: ignore[arg-type]
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     return process, grpc_port, metrics_port, log
 
 

@@ -26,6 +26,8 @@ import logging
 import math
 import random
 import secrets
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -36,7 +38,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+try:  # redis-py >= 7: its maintenance notifications need RESP3; the tracking connection is RESP2
+    from redis.maint_notifications import MaintNotificationsConfig as _MaintNotificationsConfig
+except ImportError:  # pragma: no cover
+    _MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
 from internal.breaker import BreakerState, CircuitBreaker
+from internal.cache.near import NearCache
 from internal.metrics import BREAKER_STATE, DEPENDENCY_ERRORS, DEPENDENCY_SECONDS
 from internal.service.ports import (
     CachedMovie,
@@ -44,6 +52,7 @@ from internal.service.ports import (
     RankedId,
     RankEntry,
     StoredMovie,
+    TheaterCandidate,
     TopCursor,
 )
 from movies.v1.movies_pb2 import Theater
@@ -121,37 +130,55 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
-# One page of a ranking after a (score, id) cursor, in (score, id) order.
+# One page of a ranking after a (score, id) cursor, in (score, id) order, with
+# each movie's cached copy (false when not cached): flat (id, score, movie).
 _TOP_PAGE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 local limit = tonumber(ARGV[4])
+local page = {}
 if ARGV[2] == '' then
-  return redis.call('ZRANGE', KEYS[2], 0, limit - 1, 'WITHSCORES')
-end
-local s0 = tonumber(ARGV[2])
-local id0 = ARGV[3]
-local out = {}
-local offset = 0
-while true do
-  local batch = redis.call('ZRANGE', KEYS[2], ARGV[2], '+inf', 'BYSCORE', 'LIMIT', offset, limit, 'WITHSCORES')
-  if #batch == 0 then return out end
-  for i = 1, #batch, 2 do
-    if tonumber(batch[i + 1]) > s0 or batch[i] > id0 then
-      out[#out + 1] = batch[i]
-      out[#out + 1] = batch[i + 1]
-      if #out >= 2 * limit then return out end
+  page = redis.call('ZRANGE', KEYS[2], 0, limit - 1, 'WITHSCORES')
+else
+  local s0 = tonumber(ARGV[2])
+  local id0 = ARGV[3]
+  local offset = 0
+  while #page < 2 * limit do
+    local batch = redis.call('ZRANGE', KEYS[2], ARGV[2], '+inf', 'BYSCORE', 'LIMIT', offset, limit, 'WITHSCORES')
+    if #batch == 0 then break end
+    for i = 1, #batch, 2 do
+      if tonumber(batch[i + 1]) > s0 or batch[i] > id0 then
+        page[#page + 1] = batch[i]
+        page[#page + 1] = batch[i + 1]
+        if #page >= 2 * limit then break end
+      end
     end
+    offset = offset + limit
   end
-  offset = offset + limit
 end
+local out = {}
+for i = 1, #page, 2 do
+  out[#out + 1] = page[i]
+  out[#out + 1] = page[i + 1]
+  out[#out + 1] = redis.call('HGET', ARGV[5] .. page[i], 'b')
+end
+return out
 """
 
+# Theaters within a radius, nearest first (by Redis' own distance): flat (id,
+# stored value), the value being 16 bytes of exact latitude and longitude, then
+# the serialized Theater.
 _NEARBY = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return false end
+if redis.call('GET', KEYS[3]) ~= ARGV[5] then return false end
 local ids = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
   'BYRADIUS', ARGV[3], 'km', 'ASC', 'COUNT', ARGV[4])
 if #ids == 0 then return {} end
-return redis.call('HMGET', KEYS[2], unpack(ids))
+local values = redis.call('HMGET', KEYS[2], unpack(ids))
+local out = {}
+for i = 1, #ids do
+  out[#out + 1] = ids[i]
+  out[#out + 1] = values[i]
+end
+return out
 """
 
 _UNLOCK = """
@@ -160,10 +187,15 @@ return 0
 """
 
 _REBUILD_BATCH = 500
+# Values of geo:theater: exact latitude and longitude, then the serialized
+# Theater. geo:ready holds _GEO_FORMAT; an index in another format is rebuilt.
+_COORDINATES = struct.Struct("<dd")
+_GEO_FORMAT = "coordinates+theater/1"
 # Entries live MOVIE_TTL_SECONDS +- 10% so that entries loaded together do not expire together.
 _TTL_JITTER = 0.1
 # XFetch's beta: above 1 favours earlier refreshes.
 _XFETCH_BETA = 1.0
+_XFETCH_HORIZON = 30
 
 
 class RedisCache:
@@ -177,6 +209,8 @@ class RedisCache:
         top_index_tag: str = "v1",
         timeout_seconds: float = 0.5,
         breaker_reset_seconds: float = 1.0,
+        near_cache_size: int = 0,
+        near_cache_ttl_seconds: float = 30.0,
         naive: bool = False,
         client: redis.Redis | None = None,
     ) -> None:
@@ -217,9 +251,15 @@ class RedisCache:
             failure_threshold=1,
             reset_seconds=breaker_reset_seconds,
             probe=self._probe,
-            on_change=_report_breaker,
+            on_change=self._breaker_changed,
         )
         _report_breaker("redis", self._breaker.state)
+        self._movie_prefix = p + "movie:"
+        self._near: NearCache | None = None
+        self._stopping = threading.Event()
+        if near_cache_size > 0:
+            self._near = NearCache(near_cache_size, near_cache_ttl_seconds)
+            threading.Thread(target=self._receive_invalidations, name="near-cache", daemon=True).start()
         self._latency = {
             op: DEPENDENCY_SECONDS.labels("redis", op)
             for op in ("get", "get_many", "put", "write", "top_page", "nearby", "rebuild", "lock", "ping")
@@ -241,6 +281,7 @@ class RedisCache:
         try:
             result = call()
         except RedisError as error:
+            self._latency[operation].observe(time.perf_counter() - started)
             self._breaker.failure(started_at)
             kind = "timeout" if isinstance(error, RedisTimeoutError) else "unavailable"
             DEPENDENCY_ERRORS.labels("redis", kind).inc()
@@ -262,6 +303,12 @@ class RedisCache:
     # Movies
 
     def get_movie(self, movie_id: str) -> CachedMovie | None:
+        near = self._near
+        if near is not None and near.enabled:
+            entry: tuple[bytes | None, float | None, float | None] | None = near.get(movie_id)
+            if entry is not None:
+                return CachedMovie(entry[0], _xfetch(entry[1], entry[2]))
+            sequence = near.sequence
         values: list[bytes | None] = self._run(
             "get",
             lambda: self._redis.hmget(self._movie_key(movie_id), "v", "b", "e", "d"),  # type: ignore[arg-type,return-value]
@@ -269,6 +316,12 @@ class RedisCache:
         version, data, expiry_ms, delta_ms = values
         if version is None:
             return None
+        if near is not None and near.enabled:
+            near.put(
+                movie_id,
+                (data, None if expiry_ms is None else float(expiry_ms), None if delta_ms is None else float(delta_ms)),
+                sequence,
+            )
         return CachedMovie(data=data, refresh_early=_xfetch(expiry_ms, delta_ms))
 
     def get_movies(self, movie_ids: Sequence[str]) -> list[bytes | None]:
@@ -321,6 +374,10 @@ class RedisCache:
             lambda: self._index_movie(keys=self._index_keys(rank.movie_id), args=self._index_args(rank, data)),
             always_try=True,
         )
+        if self._near is not None:
+            # This process reads its own writes: its copy goes before the ack,
+            # not when Redis' invalidation message arrives.
+            self._near.invalidate([rank.movie_id])
 
     def _index_keys(self, movie_id: str) -> list[str]:
         return [self._top_version, self._top_genres, self._top_all, self._movie_key(movie_id)]
@@ -338,10 +395,16 @@ class RedisCache:
         """`genre` as RankEntry.genres has it (normalized); empty for all movies."""
         key = self._top_genre_prefix + genre if genre else self._top_all
         args: list[Any] = ["", "", limit] if after is None else [repr(-after.score), after.movie_id, limit]
-        flat = self._run("top_page", lambda: self._top_page(keys=[self._top_ready, key], args=[self._tag, *args]))
+        flat = self._run(
+            "top_page",
+            lambda: self._top_page(keys=[self._top_ready, key], args=[self._tag, *args, self._movie_prefix]),
+        )
         if flat is None:
             return None
-        return [RankedId(movie_id=flat[i].decode(), score=-float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [
+            RankedId(movie_id=flat[i].decode(), score=-float(flat[i + 1]), data=flat[i + 2] or None)
+            for i in range(0, len(flat), 3)
+        ]
 
     def top_index_ready(self) -> bool:
         return bool(self._run("top_page", lambda: self._redis.get(self._top_ready)) == self._tag.encode())
@@ -374,17 +437,19 @@ class RedisCache:
 
     # Nearby
 
-    def theaters_near(self, latitude: float, longitude: float, radius_km: float, count: int) -> list[Theater] | None:
+    def theaters_near(
+        self, latitude: float, longitude: float, radius_km: float, count: int
+    ) -> list[TheaterCandidate] | None:
         values = self._run(
             "nearby",
             lambda: self._nearby(
                 keys=[self._geo, self._geo_details, self._geo_ready],
-                args=[repr(longitude), repr(latitude), repr(radius_km), count],
+                args=[repr(longitude), repr(latitude), repr(radius_km), count, _GEO_FORMAT],
             ),
         )
         if values is None:
             return None
-        return [Theater.FromString(value) for value in values if value is not None]
+        return [_candidate(values[i], values[i + 1]) for i in range(0, len(values), 2) if values[i + 1]]
 
     def rebuild_geo_index(self, theaters: Sequence[Theater]) -> None:
         def rebuild() -> None:
@@ -393,8 +458,9 @@ class RedisCache:
             for theater in theaters:
                 member = str(theater.theater_id)
                 pipe.geoadd(self._geo, (theater.longitude, theater.latitude, member))
-                pipe.hset(self._geo_details, member, theater.SerializeToString())
-            pipe.set(self._geo_ready, "1")
+                value = _COORDINATES.pack(theater.latitude, theater.longitude) + theater.SerializeToString()
+                pipe.hset(self._geo_details, member, value)
+            pipe.set(self._geo_ready, _GEO_FORMAT)
             pipe.execute()
 
         self._run("rebuild", rebuild)
@@ -427,19 +493,77 @@ class RedisCache:
         Raises CacheUnavailable when Redis does not answer or the breaker stays
         open (the recovery hook failed).
         """
+        started = time.perf_counter()
         try:
             self._redis.ping()
         except RedisError as error:
             self._breaker.trip()
+            DEPENDENCY_ERRORS.labels("redis", "unavailable").inc()
             raise CacheUnavailable(f"Redis is unavailable: {type(error).__name__}") from error
+        finally:
+            self._latency["ping"].observe(time.perf_counter() - started)
         if not self._breaker.allow():
             raise CacheUnavailable("Redis answers, but the cache is not in use yet (recovering)")
 
     def close(self) -> None:
+        self._stopping.set()
         self._redis.close()
 
+    # Near cache
 
-def _xfetch(expiry_ms: bytes | None, delta_ms: bytes | None, now_ms: float | None = None) -> bool:
+    def _breaker_changed(self, name: str, state: BreakerState) -> None:
+        _report_breaker(name, state)
+        # While Redis is out, writes elsewhere cannot reach it (nor send
+        # invalidations): drop the near copies; they come back with Redis.
+        if self._near is not None and state is not BreakerState.CLOSED:
+            self._near.disable()
+
+    def _receive_invalidations(self) -> None:
+        """Keep a RESP2 connection subscribed to Redis' invalidation messages
+        for the movie keys; the near cache serves only while it is up."""
+        assert self._near is not None
+        while not self._stopping.is_set():
+            connection = None
+            try:
+                connection = self._tracking_connection()
+                while not self._stopping.is_set():
+                    if self._breaker.state is BreakerState.CLOSED and not self._near.enabled:
+                        self._near.enable()
+                    if not connection.can_read(timeout=1.0):
+                        continue
+                    message = connection.read_response()
+                    if isinstance(message, list) and message[0] == b"message":
+                        keys = message[2]
+                        self._near.invalidate(
+                            None if keys is None else [k.decode().removeprefix(self._movie_prefix) for k in keys]
+                        )
+            except (RedisError, OSError) as error:
+                log.debug("near cache invalidations interrupted: %s", error)
+            finally:
+                self._near.disable()
+                if connection is not None:
+                    connection.disconnect()
+            self._stopping.wait(0.5)
+
+    def _tracking_connection(self) -> Any:
+        pool = self._redis.connection_pool
+        options = dict(pool.connection_kwargs, protocol=2)
+        if _MaintNotificationsConfig is not None:
+            options["maint_notifications_config"] = _MaintNotificationsConfig(enabled=False)
+        connection = pool.connection_class(**options)
+        connection.connect()
+        connection.send_command("CLIENT", "ID")
+        client_id = connection.read_response()
+        connection.send_command(
+            "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self._movie_prefix
+        )
+        connection.read_response()
+        connection.send_command("SUBSCRIBE", "__redis__:invalidate")
+        connection.read_response()
+        return connection
+
+
+def _xfetch(expiry_ms: bytes | float | None, delta_ms: bytes | float | None, now_ms: float | None = None) -> bool:
     """Probabilistic early expiration (Vattani, Chierichetti, Lowenstein, VLDB 2015).
 
     Refresh when now - delta * beta * ln(U) >= expiry, U uniform in (0, 1]:
@@ -447,12 +571,20 @@ def _xfetch(expiry_ms: bytes | None, delta_ms: bytes | None, now_ms: float | Non
     """
     if expiry_ms is None or delta_ms is None:
         return False
-    delta = float(delta_ms)
+    delta = float(delta_ms) * _XFETCH_BETA
     if delta <= 0:
         return False
+    expiry = float(expiry_ms)
     if now_ms is None:
         now_ms = time.time() * 1000
-    return now_ms - delta * _XFETCH_BETA * math.log(1.0 - random.random()) >= float(expiry_ms)
+    if now_ms < expiry - _XFETCH_HORIZON * delta:
+        return False  # the probability is below e**-30: skip the random draw
+    return now_ms - delta * math.log(1.0 - random.random()) >= expiry
+
+
+def _candidate(member: bytes, value: bytes) -> TheaterCandidate:
+    latitude, longitude = _COORDINATES.unpack_from(value)
+    return TheaterCandidate(int(member), latitude, longitude, value[_COORDINATES.size :])
 
 
 def _report_breaker(name: str, state: BreakerState) -> None:

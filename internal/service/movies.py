@@ -26,6 +26,7 @@ from internal.metrics import (
     FILL_LAG_SECONDS,
     INDEX_REBUILDS,
 )
+from internal.service import wire
 from internal.service.errors import abort, abort_invalid
 from internal.service.flights import SingleFlight
 from internal.service.geo import haversine_km
@@ -41,6 +42,7 @@ from internal.service.ports import (
     StoredMovie,
     StoreTimeout,
     StoreUnavailable,
+    TheaterCandidate,
     TopCursor,
 )
 from internal.service.ranking import Ranking, genre_key
@@ -57,7 +59,7 @@ from internal.service.validation import (
     check_upsert,
 )
 from movies.v1 import movies_pb2, movies_pb2_grpc
-from movies.v1.movies_pb2 import Movie, Theater
+from movies.v1.movies_pb2 import Movie
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,10 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
 
     # Get: cache-aside
 
-    def Get(self, request: movies_pb2.GetRequest, context: grpc.ServicerContext) -> movies_pb2.GetResponse:
+    def Get(self, request: movies_pb2.GetRequest, context: grpc.ServicerContext) -> bytes:
+        """The serialized GetResponse: a cache hit answers with the cached bytes
+        as they are, without parsing or re-serializing the movie (register Get
+        with an identity response serializer, as internal/server.py does)."""
         problems = check_movie_id("id", request.id)
         if problems:
             abort_invalid(context, problems)
@@ -140,13 +145,13 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
             self._lookups["movie", "negative_hit"].inc()
             return self._movie_response(context, movie_id, None)
         self._lookups["movie", "hit"].inc()
-        return movies_pb2.GetResponse(movie=Movie.FromString(cached.data))
+        return wire.get_response(cached.data)
 
     @staticmethod
-    def _movie_response(context: grpc.ServicerContext, movie_id: str, movie: Movie | None) -> movies_pb2.GetResponse:
+    def _movie_response(context: grpc.ServicerContext, movie_id: str, movie: Movie | None) -> bytes:
         if movie is None:
             abort(context, grpc.StatusCode.NOT_FOUND, f"movie {movie_id} not found")
-        return movies_pb2.GetResponse(movie=movie)
+        return movies_pb2.GetResponse(movie=movie).SerializeToString()
 
     def _load(self, context: grpc.ServicerContext, movie_id: str) -> Movie | None:
         """Read a missed movie once for all concurrent callers of this process."""
@@ -308,9 +313,8 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
 
     # TopRated: sorted sets kept current by writes
 
-    def TopRated(
-        self, request: movies_pb2.TopRatedRequest, context: grpc.ServicerContext
-    ) -> movies_pb2.TopRatedResponse:
+    def TopRated(self, request: movies_pb2.TopRatedRequest, context: grpc.ServicerContext) -> bytes:
+        """The serialized TopRatedResponse, assembled from the cached movies' bytes."""
         problems = check_page_size(request.page_size) + check_genre(request.genre)
         if problems:
             abort_invalid(context, problems)
@@ -329,8 +333,7 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         if len(ranked) > page_size:
             last = page[-1]
             next_token = encode_page_token(genre, TopCursor(score=last.score, movie_id=last.movie_id))
-        movies = self._movies_by_id(context, [entry.movie_id for entry in page])
-        return movies_pb2.TopRatedResponse(movies=movies, next_page_token=next_token)
+        return wire.top_rated_response(self._page_movies(context, page), next_token)
 
     def _top_page(
         self, context: grpc.ServicerContext, genre: str, cursor: TopCursor | None, limit: int
@@ -362,15 +365,15 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         entries = [self._ranking.entry(s) for s in self._from_store(context, self._store.movie_ratings)]
         return top_page_of(entries, genre, cursor, limit)
 
-    def _movies_by_id(self, context: grpc.ServicerContext, movie_ids: Sequence[str]) -> list[Movie]:
-        try:
-            cached = self._cache.get_movies(movie_ids)
-            cache_ok = True
-        except CacheUnavailable:
-            cached, cache_ok = [None] * len(movie_ids), False
-        found = {i: Movie.FromString(data) for i, data in zip(movie_ids, cached, strict=True) if data is not None}
-        missing = [i for i in movie_ids if i not in found]
+    def _page_movies(self, context: grpc.ServicerContext, page: Sequence[RankedId]) -> list[bytes]:
+        """The serialized movies of `page`, in order: cached ones as they are,
+        the others read from the store (and cached in the background)."""
+        found = {entry.movie_id: entry.data for entry in page if entry.data is not None}
+        missing = [entry.movie_id for entry in page if entry.data is None]
         if missing:
+            # A page without any cached movie came from the store because the
+            # cache is down: no coalescing then (see Get).
+            cache_ok = len(missing) < len(page) or self._cache.available()
             epoch = self._cache.recovery_epoch()
             started = time.monotonic()
             timeout = self._timeout(context)
@@ -379,8 +382,7 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
                 return self._store.get_movies(missing, timeout)
 
             # Concurrent requests for the same page (everyone's first page
-            # after the cache lost it) share one store read; not while the
-            # cache is down (see Get).
+            # after the cache lost it) share one store read.
             stored, shared = self._run_store_call(
                 context, lambda: self._batch_loads.run(tuple(missing), load) if cache_ok else (load(), False)
             )
@@ -388,14 +390,15 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
             if shared:
                 COALESCED.labels("in_process").inc()
             for movie_id, item in stored.items():
-                found[movie_id] = item.movie
+                found[movie_id] = item.movie.SerializeToString()
                 if not shared:
                     self._populate.submit(self._fill, movie_id, item, epoch, answered - started, None, answered)
-        return [found[i] for i in movie_ids if i in found]
+        return [data for entry in page if (data := found.get(entry.movie_id)) is not None]
 
     # Nearby: a GEO index built from the theaters collection
 
-    def Nearby(self, request: movies_pb2.NearbyRequest, context: grpc.ServicerContext) -> movies_pb2.NearbyResponse:
+    def Nearby(self, request: movies_pb2.NearbyRequest, context: grpc.ServicerContext) -> bytes:
+        """The serialized NearbyResponse, assembled from the cached theaters' bytes."""
         problems = check_nearby(request.latitude, request.longitude, request.radius_km, request.limit)
         if problems:
             abort_invalid(context, problems)
@@ -408,13 +411,11 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
             radius * _GEO_RADIUS_SLACK + 0.01,
             limit + _GEO_EXTRA_CANDIDATES,
         )
-        return movies_pb2.NearbyResponse(
-            theaters=nearest(candidates, request.latitude, request.longitude, radius, limit)
-        )
+        return wire.nearby_response(nearest(candidates, request.latitude, request.longitude, radius, limit))
 
     def _theaters_near(
         self, context: grpc.ServicerContext, latitude: float, longitude: float, radius_km: float, count: int
-    ) -> list[Theater]:
+    ) -> list[TheaterCandidate]:
         try:
             found = self._cache.theaters_near(latitude, longitude, radius_km, count)
             self._lookups["geo", "miss" if found is None else "hit"].inc()
@@ -424,7 +425,10 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
         except CacheUnavailable:
             self._lookups["geo", "error"].inc()
             FALLBACKS.labels("Nearby").inc()
-            return self._from_store(context, self._store.theaters)
+            return [
+                TheaterCandidate(t.theater_id, t.latitude, t.longitude, t.SerializeToString())
+                for t in self._from_store(context, self._store.theaters)
+            ]
         if found is None:
             abort(context, grpc.StatusCode.UNAVAILABLE, "the theater index is being rebuilt; retry")
         return found
@@ -516,11 +520,10 @@ def top_page_of(entries: Sequence[RankEntry], genre: str, cursor: TopCursor | No
 
 
 def nearest(
-    theaters: Sequence[Theater], latitude: float, longitude: float, radius_km: float, limit: int
-) -> list[movies_pb2.NearbyTheater]:
-    """The theaters within `radius_km`, nearest first (ties by theater id), at most `limit`."""
+    theaters: Sequence[TheaterCandidate], latitude: float, longitude: float, radius_km: float, limit: int
+) -> list[tuple[bytes, float]]:
+    """(theater, distance) within `radius_km`, nearest first (ties by theater id), at most `limit`."""
     scored = sorted(
-        ((haversine_km(latitude, longitude, t.latitude, t.longitude), t.theater_id, t) for t in theaters),
-        key=lambda item: (item[0], item[1]),
+        (haversine_km(latitude, longitude, t.latitude, t.longitude), t.theater_id, t.data) for t in theaters
     )
-    return [movies_pb2.NearbyTheater(theater=t, distance_km=d) for d, _, t in scored if d <= radius_km][:limit]
+    return [(data, distance) for distance, _, data in scored if distance <= radius_km][:limit]

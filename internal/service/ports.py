@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from movies.v1.movies_pb2 import Movie, Theater
 
@@ -68,14 +68,23 @@ class TopCursor:
     movie_id: str
 
 
-@dataclass(frozen=True)
-class RankedId:
+class RankedId(NamedTuple):
     movie_id: str
     score: float
+    # The serialized Movie when the cache holds it.
+    data: bytes | None = None
 
 
-@dataclass(frozen=True)
-class CachedMovie:
+class TheaterCandidate(NamedTuple):
+    """A theater from the GEO index: exact coordinates and the serialized Theater."""
+
+    theater_id: int
+    latitude: float
+    longitude: float
+    data: bytes
+
+
+class CachedMovie(NamedTuple):
     """A cache hit. `data` is the serialized Movie, or None when the cache
     knows the movie does not exist (a negative entry)."""
 
@@ -165,7 +174,7 @@ class Cache(Protocol):
         ...
 
     def top_page(self, genre: str, after: TopCursor | None, limit: int) -> list[RankedId] | None:
-        """Best first; None when the index has to be (re)built first."""
+        """Best first, with the cached movies; None when the index has to be (re)built first."""
         ...
 
     def top_index_ready(self) -> bool: ...
@@ -175,7 +184,9 @@ class Cache(Protocol):
         ones are gone; returns how many entries it applied."""
         ...
 
-    def theaters_near(self, latitude: float, longitude: float, radius_km: float, count: int) -> list[Theater] | None:
+    def theaters_near(
+        self, latitude: float, longitude: float, radius_km: float, count: int
+    ) -> list[TheaterCandidate] | None:
         """Up to `count` theaters, nearest first; None when the index is missing."""
         ...
 

@@ -25,16 +25,31 @@ from movies.v1 import movies_pb2, movies_pb2_grpc
 
 
 @dataclass
+class StaleRead:
+    movie: str
+    returned: int
+    acknowledged: int
+    # How long before the read began the newer version had been acknowledged.
+    lag_seconds: float
+    # Whether the read went to the server process that took that write.
+    same_server: bool
+
+
+@dataclass
 class Report:
     reads: int = 0
     writes: int = 0
-    stale: list[tuple[str, int, int]] = field(default_factory=list)  # (movie, returned, acknowledged)
+    stale: list[StaleRead] = field(default_factory=list)
     read_codes: Counter[str] = field(default_factory=Counter)
     write_codes: Counter[str] = field(default_factory=Counter)
 
 
 class ConsistencyChecker:
-    def __init__(self, targets: list[str], movie_ids: list[str], token: str, readers: int = 8) -> None:
+    def __init__(
+        self, targets: list[str], movie_ids: list[str], token: str, readers: int = 8, pin_writers: bool = False
+    ) -> None:
+        """With `pin_writers`, each movie is always written through the same
+        server, so that stale reads can be told apart by server."""
         self._channels = [grpc.insecure_channel(target) for target in targets]
         self._stubs = [movies_pb2_grpc.MovieServiceStub(channel) for channel in self._channels]
         self._movies = movie_ids
@@ -44,6 +59,8 @@ class ConsistencyChecker:
         # Per movie: acknowledgement times and versions, in order.
         self._acked_at: dict[str, list[float]] = {m: [] for m in movie_ids}
         self._acked_version: dict[str, list[int]] = {m: [] for m in movie_ids}
+        self._acked_server: dict[str, list[int]] = {m: [] for m in movie_ids}
+        self._pin = pin_writers
         self.report = Report()
 
     def run(self, seconds: float, during: Callable[[], None] | None = None) -> Report:
@@ -68,9 +85,11 @@ class ConsistencyChecker:
 
     def _write(self, movie_id: str, stop: threading.Event) -> None:
         number = 0
+        pinned = self._movies.index(movie_id) % len(self._stubs)
         while not stop.is_set():
             number += 1
-            stub = random.choice(self._stubs)
+            server = pinned if self._pin else random.randrange(len(self._stubs))
+            stub = self._stubs[server]
             movie = movies_pb2.Movie(id=movie_id, title=f"{movie_id} v{number}", genres=["Drama"])
             try:
                 stub.Upsert(movies_pb2.UpsertRequest(movie=movie), metadata=self._metadata, timeout=10)
@@ -85,12 +104,14 @@ class ConsistencyChecker:
                 if code == "OK":
                     self._acked_at[movie_id].append(acknowledged)
                     self._acked_version[movie_id].append(number)
+                    self._acked_server[movie_id].append(server)
 
     def _read(self, index: int, stop: threading.Event) -> None:
         rng = random.Random(index)
         while not stop.is_set():
             movie_id = rng.choice(self._movies)
-            stub = rng.choice(self._stubs)
+            server = rng.randrange(len(self._stubs))
+            stub = self._stubs[server]
             started = time.monotonic()
             try:
                 title = stub.Get(movies_pb2.GetRequest(id=movie_id), timeout=10).movie.title
@@ -108,4 +129,16 @@ class ConsistencyChecker:
                 if position:
                     acknowledged = self._acked_version[movie_id][position - 1]
                     if returned < acknowledged:
-                        self.report.stale.append((movie_id, returned, acknowledged))
+                        # The oldest acknowledged write the read missed.
+                        first = position - 1
+                        while first > 0 and self._acked_version[movie_id][first - 1] > returned:
+                            first -= 1
+                        self.report.stale.append(
+                            StaleRead(
+                                movie=movie_id,
+                                returned=returned,
+                                acknowledged=acknowledged,
+                                lag_seconds=started - self._acked_at[movie_id][first],
+                                same_server=self._acked_server[movie_id][first] == server,
+                            )
+                        )
