@@ -55,17 +55,26 @@ class App:
     background: futures.ThreadPoolExecutor
     stopping: threading.Event = field(default_factory=threading.Event)
 
+    repairs: threading.Thread | None = None
+
     def start(self) -> None:
         """Start the background work: health checks and deferred cache updates."""
         self.reporter.start()
-        threading.Thread(
+        self.repairs = threading.Thread(
             target=self.service.run_repair_loop, args=(self.stopping,), name="cache-repairs", daemon=True
-        ).start()
+        )
+        self.repairs.start()
 
     def close(self) -> None:
+        """Stop the background work, then close the clients it uses."""
         self.stopping.set()
+        self.service.wake_repair_loop()
         self.reporter.stop()
         self.background.shutdown(wait=True)
+        if self.repairs is not None:
+            # Each store call of a repair is bounded by the request timeout; a
+            # daemon thread still busy after that is not waited for.
+            self.repairs.join(self.settings.request_timeout_seconds)
         self.cache.close()
         self.store.close()
 

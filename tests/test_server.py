@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from internal.devstack.processes import find_tool, free_port, wait_for_port
 from movies.v1 import movies_pb2, movies_pb2_grpc
+from internal.server import build_app
 from tests.conftest import PROJECT_ROOT, VENV_BIN, service_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -143,3 +147,25 @@ def test_bad_configuration_is_reported_clearly(settings, tmp_path):
     )
     assert result.returncode == 2
     assert b"GRPC_PORT must be a number, got 'http'" in result.stderr
+
+
+def test_shutdown_during_a_cache_repair_is_clean(settings, caplog):
+    """Closing the clients while the repair loop waits for MongoDB once let a
+    driver error ("Cannot use MongoClient after close") kill the thread."""
+    with socket.socket() as silent_mongodb:  # accepts connections, never answers
+        silent_mongodb.bind(("127.0.0.1", 0))
+        silent_mongodb.listen(16)
+        url = "mongodb://127.0.0.1:%d/" % silent_mongodb.getsockname()[1]
+        app = build_app(dataclasses.replace(settings, mongo_url=url, request_timeout_seconds=1.0))
+        uncaught: list[threading.ExceptHookArgs] = []
+        previous, threading.excepthook = threading.excepthook, uncaught.append
+        try:
+            app.start()
+            app.service.wake_repair_loop()
+            time.sleep(0.3)  # the repair loop is now inside a MongoDB call
+            app.close()
+        finally:
+            threading.excepthook = previous
+    assert [str(args.exc_value) for args in uncaught] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert app.repairs is not None and not app.repairs.is_alive()

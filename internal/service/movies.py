@@ -283,7 +283,11 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
 
     def run_repair_loop(self, stop: threading.Event) -> None:
         """Until `stop`: apply deferred cache updates, at once after a failed
-        write, else every repair interval (writes made elsewhere)."""
+        write, else every repair interval (writes made elsewhere).
+
+        The loop outlives any error: a repair that fails is retried, since the
+        to-do list in MongoDB still holds it.
+        """
         while not stop.is_set():
             self._repair_wakeup.wait(self._repair_interval)
             self._repair_wakeup.clear()
@@ -294,8 +298,14 @@ class MovieService(movies_pb2_grpc.MovieServiceServicer):
                     self.apply_cache_repairs()
             except DependencyError as error:
                 log.debug("deferred cache updates not applied yet: %s", error)
-                time.sleep(_REPAIR_RETRY_SECONDS)
+                stop.wait(_REPAIR_RETRY_SECONDS)
                 self._repair_wakeup.set()
+            except Exception:
+                log.exception("deferred cache updates failed; retrying in %.0f s", self._repair_interval)
+
+    def wake_repair_loop(self) -> None:
+        """Make the repair loop look at its stop event now rather than at its next interval."""
+        self._repair_wakeup.set()
 
     def _require_writer(self, context: grpc.ServicerContext) -> None:
         if not self._auth_token:
