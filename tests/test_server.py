@@ -19,8 +19,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from internal.devstack.processes import find_tool, free_port, wait_for_port
-from movies.v1 import movies_pb2, movies_pb2_grpc
 from internal.server import build_app
+from movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.conftest import PROJECT_ROOT, VENV_BIN, service_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -155,7 +155,7 @@ def test_shutdown_during_a_cache_repair_is_clean(settings, caplog):
     with socket.socket() as silent_mongodb:  # accepts connections, never answers
         silent_mongodb.bind(("127.0.0.1", 0))
         silent_mongodb.listen(16)
-        url = "mongodb://127.0.0.1:%d/" % silent_mongodb.getsockname()[1]
+        url = f"mongodb://127.0.0.1:{silent_mongodb.getsockname()[1]}/"
         app = build_app(dataclasses.replace(settings, mongo_url=url, request_timeout_seconds=1.0))
         uncaught: list[threading.ExceptHookArgs] = []
         previous, threading.excepthook = threading.excepthook, uncaught.append
