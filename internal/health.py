@@ -41,7 +41,10 @@ class HealthReporter:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop checking; returns once a check in progress (bounded by the interval) is over."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self._interval * 2)
 
     def check_once(self) -> None:
         store_ok = self._probe(MONGODB, lambda: self._store.ping(self._interval))
