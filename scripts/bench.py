@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,10 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
 import grpc  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from internal.devstack.metrics import Samples, scrape  # noqa: E402
 from internal.devstack.processes import (  # noqa: E402
     ServerProcess,
+    child_pids,
     ferretdb_server,
     find_tool,
     free_port,
@@ -51,6 +51,8 @@ from internal.devstack.processes import (  # noqa: E402
 )
 from movies.v1 import movies_pb2, movies_pb2_grpc  # noqa: E402
 
+# The service's histogram of MongoDB and Redis operation times.
+DEPENDENCY_SECONDS = "movieservice_dependency_seconds"
 SERVER_CORE = "0"
 LOAD_CORE = "1"
 TOKEN = "bench-token"
@@ -104,30 +106,20 @@ class Service:
 
     def pids(self) -> list[int]:
         """The process and its workers."""
-        found = [self.process.pid]
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    found.append(int(entry))
-        return found
+        return [self.process.pid, *child_pids(self.process.pid)]
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+    def metrics(self) -> Samples:
+        return scrape(self.metrics_port)
 
 
-def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
+def metric(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+
+def grown(after: Samples, before: Samples, name: str, **labels: str) -> float:
+    """How much `metric(name, labels)` grew between two scrapes."""
+    return metric(after, name, **labels) - metric(before, name, **labels)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -324,9 +316,7 @@ def percentile_ms(report: dict[str, Any], percentage: int) -> float:
     return float("nan")
 
 
-def histogram_quantile(
-    samples: dict[Any, float], before: dict[Any, float], name: str, q: float, **labels: str
-) -> float:
+def histogram_quantile(samples: Samples, before: Samples, name: str, q: float, **labels: str) -> float:
     """The q-quantile of the observations between two scrapes, from the buckets."""
     buckets = sorted(
         (float(dict(ls)["le"]), v - before.get((n, ls), 0.0))
@@ -458,14 +448,10 @@ def misses_and_upserts(bench: Bench, command: str) -> None:
     before = service.metrics()
     report = bench.ghz(service, "Get", [{"id": i} for i in ids], total=len(ids), concurrency=16)
     after = service.metrics()
-    reads = metric(after, "movieservice_dependency_seconds_count", dependency="mongodb", operation="get") - metric(
-        before, "movieservice_dependency_seconds_count", dependency="mongodb", operation="get"
-    )
-    store_mean = (
-        metric(after, "movieservice_dependency_seconds_sum", dependency="mongodb", operation="get")
-        - metric(before, "movieservice_dependency_seconds_sum", dependency="mongodb", operation="get")
-    ) / max(reads, 1)
-    store_p99 = histogram_quantile(after, before, "movieservice_dependency_seconds", 0.99,
+    reads = grown(after, before, f"{DEPENDENCY_SECONDS}_count", dependency="mongodb", operation="get")
+    store_mean = grown(after, before, f"{DEPENDENCY_SECONDS}_sum", dependency="mongodb", operation="get")
+    store_mean /= max(reads, 1)
+    store_p99 = histogram_quantile(after, before, DEPENDENCY_SECONDS, 0.99,
                                    dependency="mongodb", operation="get")  # fmt: skip
     bench.row("Miss path: Get of 2,000 distinct cold ids", "(measured)", latency_summary(report),
               f"store (FerretDB, {ZIPF_MOVIES:,} movies) per read: mean {store_mean * 1000:.1f} ms, "
@@ -481,17 +467,10 @@ def misses_and_upserts(bench: Bench, command: str) -> None:
     report = bench.ghz(service, "Upsert", upserts, total=300, concurrency=4,
                        metadata={"authorization": f"Bearer {TOKEN}"})  # fmt: skip
     after = service.metrics()
-    writes = metric(after, "movieservice_dependency_seconds_count", dependency="mongodb", operation="upsert") - metric(
-        before, "movieservice_dependency_seconds_count", dependency="mongodb", operation="upsert"
-    )
-    write_mean = (
-        metric(after, "movieservice_dependency_seconds_sum", dependency="mongodb", operation="upsert")
-        - metric(before, "movieservice_dependency_seconds_sum", dependency="mongodb", operation="upsert")
-    ) / max(writes, 1)
-    redis_mean = (
-        metric(after, "movieservice_dependency_seconds_sum", dependency="redis", operation="write")
-        - metric(before, "movieservice_dependency_seconds_sum", dependency="redis", operation="write")
-    ) / max(writes, 1)
+    writes = grown(after, before, f"{DEPENDENCY_SECONDS}_count", dependency="mongodb", operation="upsert")
+    write_seconds = grown(after, before, f"{DEPENDENCY_SECONDS}_sum", dependency="mongodb", operation="upsert")
+    redis_seconds = grown(after, before, f"{DEPENDENCY_SECONDS}_sum", dependency="redis", operation="write")
+    write_mean, redis_mean = write_seconds / max(writes, 1), redis_seconds / max(writes, 1)
     bench.row("Upsert (creating 300 movies)", "(measured)", latency_summary(report),
               f"per write: store (FerretDB findAndModify) {write_mean * 1000:.1f} ms, Redis script "
               f"{redis_mean * 1000:.2f} ms; {report['statusCodeDistribution']}",
@@ -526,9 +505,7 @@ def zipf(bench: Bench, command: str, quick: bool) -> None:
     after = service.metrics()
 
     def lookups(result: str) -> float:
-        return metric(after, "movieservice_cache_lookups_total", cache="movie", result=result) - metric(
-            before, "movieservice_cache_lookups_total", cache="movie", result=result
-        )
+        return grown(after, before, "movieservice_cache_lookups_total", cache="movie", result=result)
 
     hits = lookups("hit") + lookups("negative_hit")
     total = hits + lookups("miss") + lookups("error")
@@ -554,9 +531,7 @@ def stampede(bench: Bench, command: str) -> None:
     before = service.metrics()
     report = bench.ghz(service, "Get", [{"id": cold}], total=500, concurrency=500)
     after = service.metrics()
-    reads = metric(after, "movieservice_dependency_seconds_count", dependency="mongodb", operation="get") - metric(
-        before, "movieservice_dependency_seconds_count", dependency="mongodb", operation="get"
-    )
+    reads = grown(after, before, f"{DEPENDENCY_SECONDS}_count", dependency="mongodb", operation="get")
     bench.row("Cold-key stampede: 500 concurrent Gets of one id", "1 store read", f"{reads:.0f} store read(s)",
               f"{report['statusCodeDistribution']}; p99 {percentile_ms(report, 99):.1f} ms",
               f"{command}: ghz -c500 -n500, one id never read before")  # fmt: skip

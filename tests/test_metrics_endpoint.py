@@ -7,49 +7,14 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
-import urllib.request
-from pathlib import Path
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
-from internal.devstack.processes import free_port, wait_for_port
+from internal.devstack.metrics import scrape
+from internal.devstack.processes import child_pids, free_port, wait_for_port
 from movies.v1 import movies_pb2, movies_pb2_grpc
-from tests.conftest import VENV_BIN, service_env
-
-
-def start(settings, tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], int, int, Path]:
-    grpc_port, metrics_port = free_port(), free_port()
-    log = tmp_path / f"server-{grpc_port}.log"
-    environment = service_env(settings) | {"GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port)} | env
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "movieservice"), "serve"],
-            env=environment,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(grpc_port, 30, process)  # type: ignore[arg-type]
-        wait_for_port(metrics_port, 30, process)  # type: ignore[arg-type]
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return process, grpc_port, metrics_port, log
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+from tests.support.serving import start_serving, stop
 
 
 def handled(samples, method: str, code: str) -> float:
@@ -71,13 +36,8 @@ def calls(port: int, ids: list[str], connections: int = 1) -> None:
                     stub.Get(movies_pb2.GetRequest(id=bad), timeout=10)
 
 
-def stop(process: subprocess.Popen[bytes]) -> int:
-    process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=30)
-
-
 def test_one_worker_serves_grpc_and_cache_metrics(settings, seeded_ids, tmp_path):
-    process, grpc_port, metrics_port, _ = start(settings, tmp_path)
+    process, grpc_port, metrics_port, _ = start_serving(settings, tmp_path)
     try:
         calls(grpc_port, seeded_ids[:5])
         calls(grpc_port, seeded_ids[:5])
@@ -95,23 +55,10 @@ def test_one_worker_serves_grpc_and_cache_metrics(settings, seeded_ids, tmp_path
         assert stop(process) == 0
 
 
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
 def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seeded_ids, tmp_path):
-    process, grpc_port, metrics_port, log = start(settings, tmp_path, WORKERS="2")
+    process, grpc_port, metrics_port, log = start_serving(settings, tmp_path, WORKERS="2")
     try:
-        workers = children(process.pid)
+        workers = child_pids(process.pid)
         assert len(workers) == 2, log.read_text()
         calls(grpc_port, seeded_ids[:5], connections=8)
         assert handled(scrape(metrics_port), "Get", "OK") == 40
@@ -119,7 +66,7 @@ def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seede
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 20
-        while len(children(process.pid) - {victim}) < 2:
+        while len(child_pids(process.pid) - {victim}) < 2:
             assert time.monotonic() < deadline, "the dead worker was not replaced"
             time.sleep(0.1)
         wait_for_port(grpc_port, 10)
@@ -129,12 +76,12 @@ def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seede
         assert "died with status -9: restarting it" in log.read_text()
     finally:
         assert stop(process) == 0, log.read_text()
-    assert not children(process.pid)
+    assert not child_pids(process.pid)
 
 
 def test_json_logs_never_show_a_password(settings, tmp_path):
     secret_url = f"mongodb://admin:hunter2secret@127.0.0.1:{free_port()}/"
-    process, _, _, log = start(settings, tmp_path, LOG_FORMAT="json", MONGO_URL=secret_url)
+    process, _, _, log = start_serving(settings, tmp_path, LOG_FORMAT="json", MONGO_URL=secret_url)
     time.sleep(3)  # let the health checks fail against the unreachable MongoDB
     assert stop(process) == 0
     lines = [line for line in log.read_text().splitlines() if line.strip()]

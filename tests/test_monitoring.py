@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -21,11 +20,12 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from internal.devstack.processes import free_port, wait_for_port
+from internal.devstack.metrics import scrape
+from internal.devstack.processes import free_port
 from movies.v1 import movies_pb2, movies_pb2_grpc
-from tests.conftest import PROJECT_ROOT, VENV_BIN, service_env
+from tests.conftest import PROJECT_ROOT
+from tests.support.serving import start_serving, stop
 
 DEPLOYMENTS = PROJECT_ROOT / "deployments"
 PROMETHEUS_DIR = DEPLOYMENTS / "prometheus"
@@ -197,39 +197,6 @@ def wait_until(condition: Callable[[], Any], timeout: float, message: Callable[[
         time.sleep(0.1)
 
 
-def service_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The server's own /metrics, read directly (to know when background work is done)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def start_service(settings, tmp_path: Path, metrics_port: int) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """`movieservice serve` with /metrics (as tests/test_metrics_endpoint.py starts it)."""
-    grpc_port = free_port()
-    log = tmp_path / "server.log"
-    environment = service_env(settings) | {"GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port)}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "movieservice"), "serve"],
-            env=environment,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(grpc_port, 30, process)  # type: ignore[arg-type]
-        wait_for_port(metrics_port, 30, process)  # type: ignore[arg-type]
-    except BaseException:
-        stop(process)
-        raise
-    return process, grpc_port, log
-
-
 def start_prometheus(tmp_path: Path, metrics_port: int) -> tuple[subprocess.Popen[bytes], PrometheusAPI, Path]:
     """The shipped prometheus.yml and alerts.yml, with 1 s intervals and the test server as the only target."""
     assert PROMETHEUS is not None
@@ -271,16 +238,6 @@ def start_prometheus(tmp_path: Path, metrics_port: int) -> tuple[subprocess.Pope
         stop(process)
         raise
     return process, api, log
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
 
 
 def last_scrape(api: PrometheusAPI) -> float:
@@ -345,7 +302,7 @@ def service(settings, seeded_ids, redis_client, tmp_path, metrics_port) -> Itera
     # An empty Redis makes every count below deterministic: the first Get of
     # each id misses, and the warm-up rebuilds both indexes exactly once.
     redis_client.flushall()
-    process, grpc_port, log = start_service(settings, tmp_path, metrics_port)
+    process, grpc_port, _, log = start_serving(settings, tmp_path, metrics_port)
     try:
         yield grpc_port, log
     finally:
@@ -362,7 +319,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_dashboard_and_rule_e
     ids = seeded_ids[:7]
 
     def metric(name: str, **labels: str) -> float:
-        return service_samples(metrics_port).get((name, tuple(sorted(labels.items()))), 0.0)
+        return scrape(metrics_port).get((name, tuple(sorted(labels.items()))), 0.0)
 
     def fills() -> float:
         return metric("movieservice_cache_fill_lag_seconds_count")

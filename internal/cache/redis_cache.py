@@ -60,15 +60,11 @@ from movies.v1.movies_pb2 import Theater
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# Cache what a store read returned, unless the cached copy or the index
-# already knows a newer version. An equal version may refresh the entry (it
-# holds the same movie). ARGV[2] empty: the movie does not exist (a negative
-# entry, version -1, no "b" field).
-_PUT_MOVIE = """
-local v = tonumber(ARGV[1])
-local cached = tonumber(redis.call('HGET', KEYS[1], 'v') or '-2')
-local known = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '-2')
-if cached > v or known > v then return 0 end
+# Store a movie entry unconditionally: KEYS[1] the entry; ARGV[1] version,
+# ARGV[2] body (empty: the movie does not exist, a negative entry of version -1
+# without a "b" field), ARGV[4] its TTL (ms), ARGV[5] when it expires (ms since
+# the epoch) and ARGV[6] how long the store read took (ms), for XFetch.
+_STORE_MOVIE = """
 redis.call('DEL', KEYS[1])
 if ARGV[2] == '' then
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', ARGV[5], 'd', ARGV[6])
@@ -78,6 +74,19 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+
+# Cache what a store read returned, unless the cached copy or the index
+# (KEYS[2], field ARGV[3]) already knows a newer version. An equal version may
+# refresh the entry (it holds the same movie).
+_PUT_MOVIE = (
+    """
+local v = tonumber(ARGV[1])
+local cached = tonumber(redis.call('HGET', KEYS[1], 'v') or '-2')
+local known = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '-2')
+if cached > v or known > v then return 0 end
+"""
+    + _STORE_MOVIE
+)
 
 # Apply one movie version: replace its cached copy (when ARGV[6] is not empty
 # and nothing newer is cached or indexed) and its TopRated entries (when the
@@ -119,16 +128,7 @@ return 1
 # consistency checker can show it finds the races they prevent
 # (CACHE_CONSISTENCY=naive): fills overwrite unconditionally, writes delete
 # the cached copy and overwrite index entries in arrival order.
-_NAIVE_PUT_MOVIE = """
-redis.call('DEL', KEYS[1])
-if ARGV[2] == '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', ARGV[5], 'd', ARGV[6])
-else
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2], 'e', ARGV[5], 'd', ARGV[6])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
+_NAIVE_PUT_MOVIE = _STORE_MOVIE
 
 # One page of a ranking after a (score, id) cursor, in (score, id) order, with
 # each movie's cached copy (false when not cached): flat (id, score, movie).

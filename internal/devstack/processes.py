@@ -136,3 +136,17 @@ def ferretdb_server(data_dir: Path, port: int | None = None) -> ServerProcess:
         "--log-level=warn",
     ]
     return ServerProcess("ferretdb", port, argv, data_dir / "ferretdb.log")
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (for example a supervisor's workers)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
