@@ -1,9 +1,11 @@
-"""Responses assembled from cached bytes equal what protobuf would serialize (hypothesis)."""
+"""Responses assembled from cached bytes are exactly what protobuf would serialize (hypothesis)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+
+from google.protobuf.internal.encoder import _VarintBytes
 
 from internal.service import wire
 from movies.v1 import movies_pb2
@@ -23,22 +25,30 @@ theater = st.builds(
 )
 
 
+@given(st.integers(0, 2**64 - 1))
+def test_varint(value):
+    assert wire.varint(value) == _VarintBytes(value)
+
+
 @given(movie)
 def test_get_response(m):
-    assert movies_pb2.GetResponse.FromString(wire.get_response(m.SerializeToString())).movie == m
+    assert wire.get_response(m.SerializeToString()) == movies_pb2.GetResponse(movie=m).SerializeToString()
+
+
+def test_a_movie_longer_than_two_varint_bytes():
+    m = movies_pb2.Movie(id="x", fullplot="p" * 20_000)
+    assert wire.get_response(m.SerializeToString()) == movies_pb2.GetResponse(movie=m).SerializeToString()
 
 
 @given(st.lists(movie, max_size=12), st.text(max_size=80))
 def test_top_rated_response(movies, token):
-    parsed = movies_pb2.TopRatedResponse.FromString(
-        wire.top_rated_response([m.SerializeToString() for m in movies], token)
-    )
-    assert list(parsed.movies) == movies and parsed.next_page_token == token
+    expected = movies_pb2.TopRatedResponse(movies=movies, next_page_token=token).SerializeToString()
+    assert wire.top_rated_response([m.SerializeToString() for m in movies], token) == expected
 
 
 @given(st.lists(st.tuples(theater, st.floats(0, 1000)), max_size=12))
 def test_nearby_response(entries):
-    parsed = movies_pb2.NearbyResponse.FromString(
-        wire.nearby_response([(t.SerializeToString(), km) for t, km in entries])
-    )
-    assert [(n.theater, n.distance_km) for n in parsed.theaters] == entries
+    expected = movies_pb2.NearbyResponse(
+        theaters=[movies_pb2.NearbyTheater(theater=t, distance_km=km) for t, km in entries]
+    ).SerializeToString()
+    assert wire.nearby_response([(t.SerializeToString(), km) for t, km in entries]) == expected

@@ -4,6 +4,9 @@ A cached Movie or Theater is already a serialized protobuf; a response that
 holds it is that message's field tag, its length and the bytes, so responses
 are assembled without parsing and re-serializing what the cache returned.
 (Field numbers are those of proto/movies/v1/movies.proto.)
+
+These run on every TopRated and Nearby call, so they avoid a function call per
+field: tags are constants and the common lengths are spelled out.
 """
 
 from __future__ import annotations
@@ -11,9 +14,22 @@ from __future__ import annotations
 import struct
 
 _DOUBLE = struct.Struct("<d")
+_ZERO_DOUBLE = _DOUBLE.pack(0.0)
+# Field 1, wire type 2 (length-delimited): GetResponse.movie,
+# TopRatedResponse.movies, NearbyResponse.theaters, NearbyTheater.theater.
+_FIELD_1 = b"\n"
+# Field 2, wire type 2: TopRatedResponse.next_page_token.
+_FIELD_2 = b"\x12"
+# Field 2, wire type 1 (64-bit): NearbyTheater.distance_km.
+_FIELD_2_DOUBLE = b"\x11"
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """`value` (>= 0) as a protobuf varint."""
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -24,32 +40,30 @@ def _varint(value: int) -> bytes:
 
 def length_delimited(field: int, payload: bytes) -> bytes:
     """Field `field` (wire type 2) holding `payload`."""
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def double(field: int, value: float) -> bytes:
-    """Field `field` (wire type 1) holding a double."""
-    return _varint(field << 3 | 1) + _DOUBLE.pack(value)
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
 
 
 def get_response(movie: bytes) -> bytes:
-    """GetResponse{movie} (on every cache hit: the common lengths are spelled out)."""
-    size = len(movie)
-    if size < 0x80:
-        return b"\n" + bytes((size,)) + movie
-    if size < 0x4000:
-        return b"\n" + bytes((size & 0x7F | 0x80, size >> 7)) + movie
-    return length_delimited(1, movie)
+    """GetResponse{movie}."""
+    return _FIELD_1 + varint(len(movie)) + movie
 
 
 def top_rated_response(movies: list[bytes], next_page_token: str) -> bytes:
     """TopRatedResponse{movies, next_page_token}."""
-    parts = [length_delimited(1, movie) for movie in movies]
+    parts = [_FIELD_1 + varint(len(movie)) + movie for movie in movies]
     if next_page_token:
-        parts.append(length_delimited(2, next_page_token.encode()))
+        token = next_page_token.encode()
+        parts.append(_FIELD_2 + varint(len(token)) + token)
     return b"".join(parts)
 
 
 def nearby_response(theaters: list[tuple[bytes, float]]) -> bytes:
     """NearbyResponse{theaters: [NearbyTheater{theater, distance_km}]}."""
-    return b"".join(length_delimited(1, length_delimited(1, theater) + double(2, km)) for theater, km in theaters)
+    parts = []
+    for theater, km in theaters:
+        header = _FIELD_1 + varint(len(theater))
+        distance = _DOUBLE.pack(km)
+        # proto3 leaves out a distance of 0.0 (a theater at the very point asked about).
+        distance = _FIELD_2_DOUBLE + distance if distance != _ZERO_DOUBLE else b""
+        parts.append(_FIELD_1 + varint(len(header) + len(theater) + len(distance)) + header + theater + distance)
+    return b"".join(parts)
