@@ -2,8 +2,9 @@
 """The benchmark behind BENCHMARKS.md (`make bench`).
 
 These machines are shared and noisy, so every comparison is a ratio taken
-within one run: A and B run alternately, several rounds, and the median of the
-per-round ratios is reported with the raw numbers. Servers are pinned to core
+within one run: the runs compared take turns, round after round (the order
+rotating), and the median of the per-round ratios is reported with its
+quartiles and the raw numbers. Servers are pinned to core
 0; the load generator (h2load for throughput, ghz where latency percentiles
 are needed), Redis and FerretDB to core 1.
 
@@ -291,17 +292,47 @@ class Bench:
         report: dict[str, Any] = json.loads(result.stdout)
         return report
 
-    def ab(self, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, list[tuple[float, float]]]:
-        """Median of a/b over alternating rounds; and the raw pairs."""
-        a(), b()  # warm-up
-        pairs = []
-        for _ in range(self.rounds):
-            pairs.append((a(), b()))
-        return statistics.median(x / y for x, y in pairs), pairs
+    def interleaved(self, runs: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+        """Every run once per round, after a warm-up round; the order rotates
+        from round to round so that no run is always first after a pause."""
+        names = list(runs)
+        for name in names:
+            runs[name]()
+        results: dict[str, list[float]] = {name: [] for name in names}
+        for round_number in range(self.rounds):
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                results[name].append(runs[name]())
+        return results
+
+    def ab(self, a: Callable[[], float], b: Callable[[], float]) -> tuple[Ratio, list[tuple[float, float]]]:
+        """The ratio a/b over interleaved rounds; and the raw pairs."""
+        results = self.interleaved({"a": a, "b": b})
+        return Ratio.of(results["a"], results["b"]), list(zip(results["a"], results["b"], strict=True))
 
     def row(self, name: str, target: str, result: str, raw: str, command: str) -> None:
         print(f"{name}: {result}  ({raw})", flush=True)
         self.rows.append({"name": name, "target": target, "result": result, "raw": raw, "command": command})
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """The median of per-round ratios, and the quartiles that show their spread."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, a: list[float], b: list[float]) -> Ratio:
+        ratios = [x / y for x, y in zip(a, b, strict=True)]
+        if len(ratios) < 2:
+            return cls(ratios[0], ratios[0], ratios[0])
+        low, median, high = statistics.quantiles(ratios, n=4, method="inclusive")
+        return cls(median, low, high)
+
+    def __str__(self) -> str:
+        return f"{self.median:.3f} (middle half of the rounds {self.low:.3f} to {self.high:.3f})"
 
 
 def latency_summary(report: dict[str, Any]) -> str:
@@ -385,37 +416,40 @@ def raw_pairs(pairs: list[tuple[float, float]], a: str, b: str) -> str:
 
 
 def hits(bench: Bench, command: str, get_body: Path) -> None:
-    near = bench.service("near", NEAR_CACHE_SIZE="100000")
-    plain = bench.service("redis", NEAR_CACHE_SIZE="0")
-    bare = bench.service("bare", NEAR_CACHE_SIZE="100000", METRICS_PORT="0")
-    ceiling = bench.ceiling()
-    rps = {name: (lambda s=service: bench.h2load(s, "Get", get_body)["rps"]) for name, service in
-           (("near", near), ("redis", plain), ("bare", bare), ("ceiling", ceiling))}  # fmt: skip
+    services = {"near": bench.service("near", NEAR_CACHE_SIZE="100000"),
+                "redis": bench.service("redis", NEAR_CACHE_SIZE="0"),
+                "bare": bench.service("bare", NEAR_CACHE_SIZE="100000", METRICS_PORT="0"),
+                "ceiling": bench.ceiling()}  # fmt: skip
+    # All four in the same rounds: each comparison is between runs minutes apart at most.
+    rps = bench.interleaved({name: (lambda s=service: bench.h2load(s, "Get", get_body)["rps"])
+                             for name, service in services.items()})  # fmt: skip
 
-    ratio, pairs = bench.ab(rps["near"], rps["ceiling"])
-    bench.row("Get hits (near cache) vs framework ceiling", ">= 0.90", f"{ratio:.3f}", raw_pairs(pairs, "hits",
+    def compare(a: str, b: str) -> tuple[Ratio, list[tuple[float, float]]]:
+        return Ratio.of(rps[a], rps[b]), list(zip(rps[a], rps[b], strict=True))
+
+    ratio, pairs = compare("near", "ceiling")
+    bench.row("Get hits (near cache) vs framework ceiling", ">= 0.90", str(ratio), raw_pairs(pairs, "hits",
               "ceiling"), f"{command}: h2load -c8 -m16 Get, NEAR_CACHE_SIZE=100000")  # fmt: skip
-    ratio, pairs = bench.ab(rps["redis"], rps["ceiling"])
-    bench.row("Get hits (Redis, the default) vs framework ceiling", "(no target; see text)", f"{ratio:.3f}",
+    ratio, pairs = compare("redis", "ceiling")
+    bench.row("Get hits (Redis, the default) vs framework ceiling", "(no target; see text)", str(ratio),
               raw_pairs(pairs, "hits", "ceiling"), f"{command}: h2load -c8 -m16 Get, NEAR_CACHE_SIZE=0")  # fmt: skip
-    ratio, pairs = bench.ab(rps["near"], rps["bare"])
+    ratio, pairs = compare("near", "bare")
     bench.row("Interceptor cost on Get hits (with / without)", "cost <= 10%",
-              f"cost {1 - ratio:.1%} (ratio {ratio:.3f})", raw_pairs(pairs, "with", "without"),
+              f"cost {1 - ratio.median:.1%}; with/without {ratio}", raw_pairs(pairs, "with", "without"),
               f"{command}: h2load Get hits, METRICS_PORT set vs 0")  # fmt: skip
 
 
 def toprated_and_nearby(bench: Bench, command: str, get_body: Path) -> None:
     plain = bench.service("redis", NEAR_CACHE_SIZE="0")
-    top_body = bench.body_file("top", movies_pb2.TopRatedRequest(genre="Drama", page_size=10))
-    near_body = bench.body_file("near", movies_pb2.NearbyRequest(latitude=44.85, longitude=-93.24, radius_km=10))
-    for method, body, label in (("TopRated", top_body, "TopRated (Drama, 10 per page)"),
-                                ("Nearby", near_body, "Nearby (10 km, 10 theaters)")):  # fmt: skip
-
-        def rps(m: str = method, b: Path = body) -> float:
-            return bench.h2load(plain, m, b)["rps"]
-
-        ratio, pairs = bench.ab(rps, lambda: bench.h2load(plain, "Get", get_body)["rps"])
-        bench.row(f"{label} vs Get hits", ">= 0.8", f"{ratio:.3f}", raw_pairs(pairs, method, "Get"),
+    bodies = {"Get": get_body,
+              "TopRated": bench.body_file("top", movies_pb2.TopRatedRequest(genre="Drama", page_size=10)),
+              "Nearby": bench.body_file("near", movies_pb2.NearbyRequest(latitude=44.85, longitude=-93.24,
+                                                                         radius_km=10))}  # fmt: skip
+    rps = bench.interleaved({method: (lambda m=method, b=body: bench.h2load(plain, m, b)["rps"])
+                             for method, body in bodies.items()})  # fmt: skip
+    for method, label in (("TopRated", "TopRated (Drama, 10 per page)"), ("Nearby", "Nearby (10 km, 10 theaters)")):
+        bench.row(f"{label} vs Get hits", ">= 0.8", str(Ratio.of(rps[method], rps["Get"])),
+                  raw_pairs(list(zip(rps[method], rps["Get"], strict=True)), method, "Get"),
                   f"{command}: h2load -c8 -m16, NEAR_CACHE_SIZE=0 server")  # fmt: skip
 
 
@@ -430,13 +464,12 @@ def scaling(bench: Bench, command: str, get_body: Path) -> None:
         return result["rps"]
 
     ratio, pairs = bench.ab(lambda: run(two), lambda: run(one))
-    per_cpu = statistics.median(
-        (b["rps"] * b["wall"] / b["server_cpu"]) / (a["rps"] * a["wall"] / a["server_cpu"])
-        for a, b in zip(runs["w1"][1:], runs["w2"][1:], strict=True)
-    )
+    # The first run of each is the warm-up.
+    per_cpu = Ratio.of(*([r["rps"] * r["wall"] / r["server_cpu"] for r in runs[name][1:]] for name in ("w2", "w1")))
     cpu = statistics.median(r["server_cpu"] / r["wall"] for r in runs["w2"][1:])
     bench.row("WORKERS=2 vs WORKERS=1 on Get hits", ">= 1.7x where 2 cores are free",
-              f"{ratio:.2f}x ({per_cpu:.2f}x per server CPU-second)",
+              f"{ratio.median:.2f}x ({per_cpu.median:.2f}x per server CPU-second; middle half of the rounds "
+              f"{ratio.low:.2f}x to {ratio.high:.2f}x)",
               "; ".join(f"2 workers {x:.0f} / 1 worker {y:.0f} rps" for x, y in pairs)
               + f"; 2 workers used {cpu:.2f} cores, h2load shared core 1 with them",
               f"{command}: both servers on cores 0,1, h2load on core 1")  # fmt: skip
@@ -562,8 +595,9 @@ def write_markdown(bench: Bench, path: Path, argv: list[str]) -> None:
         "",
         f"Produced by `{shlex.join(['scripts/bench.py', *argv])}` on {time.strftime('%Y-%m-%d')}; machine: {machine}.",
         "",
-        "Method: every comparison is a ratio of two runs taken alternately within this one run "
-        f"({bench.rounds} rounds after a warm-up; the median of the per-round ratios, raw numbers beside it). "
+        "Method: every comparison is a ratio of runs taken in interleaved rounds within this one run "
+        f"({bench.rounds} rounds after a warm-up round, each run once per round, the order rotating; the median "
+        "of the per-round ratios, the middle half of them (quartiles) to show the spread, raw numbers beside it). "
         "Servers are pinned to core 0; h2load/ghz, Redis and FerretDB to core 1. Absolute numbers on these "
         "shared machines move by tens of percent from run to run; the ratios are what to compare. "
         "Store times come from the service's own `movieservice_dependency_seconds` histogram.",
@@ -627,14 +661,14 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and rounds (minutes, not tens)")
-    parser.add_argument("--rounds", type=int, help="A/B rounds per comparison (default 5, quick 3)")
-    parser.add_argument("--requests", type=int, help="h2load requests per run (default 40000, quick 10000)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per comparison (default 11, quick 3)")
+    parser.add_argument("--requests", type=int, help="h2load requests per run (default 12000, quick 6000)")
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run only this part (repeatable); printed, not written, unless --output")  # fmt: skip
     parser.add_argument("--output", type=Path, help="where to write the table (default BENCHMARKS.md for a full run)")
     args = parser.parse_args()
-    rounds = args.rounds or (3 if args.quick else 5)
-    requests = args.requests or (10_000 if args.quick else 40_000)
+    rounds = args.rounds or (3 if args.quick else 11)
+    requests = args.requests or (6_000 if args.quick else 12_000)
     output = args.output or (None if args.only else ROOT / "BENCHMARKS.md")
     with benchmark(requests, rounds) as bench:
         measure(bench, args.quick, tuple(args.only or SECTIONS))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from google.protobuf.internal.encoder import _VarintBytes
 from hypothesis import given
 from hypothesis import strategies as st
-
-from google.protobuf.internal.encoder import _VarintBytes
 
 from internal.service import wire
 from movies.v1 import movies_pb2
