@@ -29,7 +29,7 @@ from internal.metrics import (
 from internal.service import wire
 from internal.service.errors import abort, abort_invalid
 from internal.service.flights import SingleFlight
-from internal.service.geo import haversine_km
+from internal.service.geo import distances_km
 from internal.service.paging import InvalidPageToken, decode_page_token, encode_page_token
 from internal.service.ports import (
     Cache,
@@ -533,7 +533,7 @@ def nearest(
     theaters: Sequence[TheaterCandidate], latitude: float, longitude: float, radius_km: float, limit: int
 ) -> list[tuple[bytes, float]]:
     """(theater, distance) within `radius_km`, nearest first (ties by theater id), at most `limit`."""
-    scored = sorted(
-        (haversine_km(latitude, longitude, t.latitude, t.longitude), t.theater_id, t.data) for t in theaters
-    )
-    return [(data, distance) for distance, _, data in scored if distance <= radius_km][:limit]
+    distances = distances_km(latitude, longitude, [(t.latitude, t.longitude) for t in theaters])
+    within = zip(distances, theaters, strict=True)
+    scored = sorted((distance, t.theater_id, t.data) for distance, t in within if distance <= radius_km)
+    return [(data, distance) for distance, _, data in scored[:limit]]
