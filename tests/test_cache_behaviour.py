@@ -141,3 +141,13 @@ def test_missing_top_rated_index_is_rebuilt_once_for_concurrent_readers(stub, mo
     assert len(pages) == 16 and all(page == pages[0] for page in pages)
     full_scans = mongo_proxy.tap.count("find", "movies", filter={})
     assert full_scans == 1, f"the index was rebuilt {full_scans} times"
+
+
+def test_redis_replies_are_parsed_by_hiredis(redis_client):
+    """Without hiredis redis-py falls back to its Python parser, silently: a
+    TopRated page then costs ~1.6 times the CPU (BENCHMARKS.md)."""
+    connection = redis_client.connection_pool.get_connection()
+    try:
+        assert type(connection._parser).__name__ == "_HiredisParser"
+    finally:
+        redis_client.connection_pool.release(connection)
