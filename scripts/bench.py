@@ -310,8 +310,7 @@ class Bench:
 
     def ab(self, a: Callable[[], float], b: Callable[[], float]) -> tuple[Ratio, list[tuple[float, float]]]:
         """The ratio a/b over interleaved rounds; and the raw pairs."""
-        results = self.interleaved({"a": a, "b": b})
-        return Ratio.of(results["a"], results["b"]), list(zip(results["a"], results["b"], strict=True))
+        return compare(self.interleaved({"a": a, "b": b}), "a", "b")
 
     def row(self, name: str, target: str, result: str, raw: str, command: str) -> None:
         print(f"{name}: {result}  ({raw})", flush=True)
@@ -336,6 +335,11 @@ class Ratio:
 
     def __str__(self) -> str:
         return f"{self.median:.3f} (middle half of the rounds {self.low:.3f} to {self.high:.3f})"
+
+
+def compare(results: dict[str, list[float]], a: str, b: str) -> tuple[Ratio, list[tuple[float, float]]]:
+    """The ratio of run `a` to run `b` over the rounds of `results`; and the raw pairs."""
+    return Ratio.of(results[a], results[b]), list(zip(results[a], results[b], strict=True))
 
 
 def latency_summary(report: dict[str, Any]) -> str:
@@ -427,16 +431,13 @@ def hits(bench: Bench, command: str, get_body: Path) -> None:
     rps = bench.interleaved({name: (lambda s=service: bench.h2load(s, "Get", get_body)["rps"])
                              for name, service in services.items()})  # fmt: skip
 
-    def compare(a: str, b: str) -> tuple[Ratio, list[tuple[float, float]]]:
-        return Ratio.of(rps[a], rps[b]), list(zip(rps[a], rps[b], strict=True))
-
-    ratio, pairs = compare("near", "ceiling")
+    ratio, pairs = compare(rps, "near", "ceiling")
     bench.row("Get hits (near cache) vs framework ceiling", ">= 0.90", str(ratio), raw_pairs(pairs, "hits",
               "ceiling"), f"{command}: h2load -c8 -m16 Get, NEAR_CACHE_SIZE=100000")  # fmt: skip
-    ratio, pairs = compare("redis", "ceiling")
+    ratio, pairs = compare(rps, "redis", "ceiling")
     bench.row("Get hits (Redis, the default) vs framework ceiling", "(no target; see text)", str(ratio),
               raw_pairs(pairs, "hits", "ceiling"), f"{command}: h2load -c8 -m16 Get, NEAR_CACHE_SIZE=0")  # fmt: skip
-    ratio, pairs = compare("near", "bare")
+    ratio, pairs = compare(rps, "near", "bare")
     bench.row("Interceptor cost on Get hits (with / without)", "cost <= 10%",
               f"cost {1 - ratio.median:.1%}; with/without {ratio}", raw_pairs(pairs, "with", "without"),
               f"{command}: h2load Get hits, METRICS_PORT set vs 0")  # fmt: skip
@@ -451,8 +452,8 @@ def toprated_and_nearby(bench: Bench, command: str, get_body: Path) -> None:
     rps = bench.interleaved({method: (lambda m=method, b=body: bench.h2load(plain, m, b)["rps"])
                              for method, body in bodies.items()})  # fmt: skip
     for method, label in (("TopRated", "TopRated (Drama, 10 per page)"), ("Nearby", "Nearby (10 km, 10 theaters)")):
-        bench.row(f"{label} vs Get hits", ">= 0.8", str(Ratio.of(rps[method], rps["Get"])),
-                  raw_pairs(list(zip(rps[method], rps["Get"], strict=True)), method, "Get"),
+        ratio, pairs = compare(rps, method, "Get")
+        bench.row(f"{label} vs Get hits", ">= 0.8", str(ratio), raw_pairs(pairs, method, "Get"),
                   f"{command}: h2load -c8 -m16, NEAR_CACHE_SIZE=0 server")  # fmt: skip
 
 
