@@ -38,11 +38,6 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def length_delimited(field: int, payload: bytes) -> bytes:
-    """Field `field` (wire type 2) holding `payload`."""
-    return varint(field << 3 | 2) + varint(len(payload)) + payload
-
-
 def get_response(movie: bytes) -> bytes:
     """GetResponse{movie}."""
     return _FIELD_1 + varint(len(movie)) + movie
