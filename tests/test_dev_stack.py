@@ -6,15 +6,14 @@ import os
 import re
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import grpc
 
 from internal.devstack.processes import free_port, wait_for_port
 from movies.v1 import movies_pb2, movies_pb2_grpc
-from tests.conftest import VENV_BIN
 from tests.support.data import has_real_data, read_raw
+from tests.support.serving import spawn_movieservice
 
 
 def port_open(port: int) -> bool:
@@ -27,14 +26,7 @@ def test_dev_starts_everything_serves_sample_data_and_stops_it_all(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "AUTH", "GRPC"))}
     env |= {"GRPC_PORT": str(port), "METRICS_PORT": "0"}
     log = tmp_path / "dev.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "movieservice"), "dev", "--data-dir", str(tmp_path / "data")],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_movieservice(["dev", "--data-dir", str(tmp_path / "data")], env, tmp_path, log)
     try:
         wait_for_port(port, 120, process)  # type: ignore[arg-type]
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

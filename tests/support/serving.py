@@ -18,14 +18,7 @@ def start_serving(
     grpc_port, metrics_port = free_port(), metrics_port or free_port()
     log = tmp_path / f"server-{grpc_port}.log"
     environment = service_env(settings) | {"GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port)} | env
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "movieservice"), "serve"],
-            env=environment,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_movieservice(["serve"], environment, tmp_path, log)
     try:
         wait_for_port(grpc_port, 30, process)  # type: ignore[arg-type]
         wait_for_port(metrics_port, 30, process)  # type: ignore[arg-type]
@@ -33,6 +26,14 @@ def start_serving(
         stop(process)
         raise
     return process, grpc_port, metrics_port, log
+
+
+def spawn_movieservice(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`movieservice ARGS` from the project's virtualenv, run in `cwd`, its output in `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [str(VENV_BIN / "movieservice"), *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
