@@ -297,6 +297,10 @@ class Bench:
         report: dict[str, Any] = json.loads(result.stdout)
         return report
 
+    def get_each(self, service: Service, ids: list[str]) -> dict[str, Any]:
+        """A Get of every id in `ids`, in order, 16 at a time (ghz's report)."""
+        return self.ghz(service, "Get", [{"id": i} for i in ids], total=len(ids), concurrency=16)
+
     def interleaved(self, runs: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
         """Every run once per round, after a warm-up round; the order rotates
         from round to round so that no run is always first after a pause."""
@@ -485,7 +489,7 @@ def misses_and_upserts(bench: Bench, command: str) -> None:
     service = bench.service("miss", MONGO_DB="bench_zipf", NEAR_CACHE_SIZE="0")
     ids = bench.zipf_ids[:2000]
     before = service.metrics()
-    report = bench.ghz(service, "Get", [{"id": i} for i in ids], total=len(ids), concurrency=16)
+    report = bench.get_each(service, ids)
     after = service.metrics()
     reads = grown(after, before, f"{DEPENDENCY_SECONDS}_count", dependency="mongodb", operation="get")
     store_mean = grown(after, before, f"{DEPENDENCY_SECONDS}_sum", dependency="mongodb", operation="get")
@@ -523,6 +527,7 @@ def zipf(bench: Bench, command: str, quick: bool) -> None:
                           REDIS_URL=f"redis://127.0.0.1:{bench.bounded_redis.port}/0")  # fmt: skip
     count = 10_000 if quick else 20_000
     client = redis.Redis(port=bench.bounded_redis.port)
+
     with grpc.insecure_channel(service.target) as channel:  # the indexes are built before the baseline
         stub = movies_pb2_grpc.MovieServiceStub(channel)
         stub.TopRated(movies_pb2.TopRatedRequest(), timeout=120)
@@ -533,16 +538,16 @@ def zipf(bench: Bench, command: str, quick: bool) -> None:
     # and measure. Every phase has its own draws: replaying a warm-up's
     # sequence would measure only what the warm-up loaded.
     history = zipf_draws(bench.zipf_ids, 2 * count, seed=1)
-    bench.ghz(service, "Get", [{"id": i} for i in history], total=len(history), concurrency=16)
+    bench.get_each(service, history)
     per_movie = (int(client.info("memory")["used_memory"]) - baseline) / movie_keys(client)
     for phase, share in enumerate(ZIPF_CACHE_SHARES):
         settle, measured = (zipf_draws(bench.zipf_ids, n, seed=seed) for n, seed in
                             ((2 * count, 3 + 2 * phase), (count, 2 + 2 * phase)))  # fmt: skip
         limit = int(baseline + share * len(bench.zipf_ids) * per_movie)
         client.config_set("maxmemory", limit)
-        bench.ghz(service, "Get", [{"id": i} for i in settle], total=len(settle), concurrency=16)
+        bench.get_each(service, settle)
         before = service.metrics()
-        report = bench.ghz(service, "Get", [{"id": i} for i in measured], total=count, concurrency=16)
+        report = bench.get_each(service, measured)
         after = service.metrics()
 
         def lookups(result: str, after: Samples = after, before: Samples = before) -> float:
