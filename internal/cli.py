@@ -130,25 +130,29 @@ def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: 
 
     with ExitStack() as servers:
         try:
-            settings = servers.enter_context(local_dependencies(settings, data_dir.resolve(), configured_names()))
-        except ToolMissing as error:
+            settings = servers.enter_context(
+                local_dependencies(settings, data_dir.resolve(), configured_names(), source, synthetic)
+            )
+        except (ToolMissing, SeedFailed) as error:
             log.error("%s", error)
             return 1
         if "AUTH_TOKEN" not in configured_names():
             settings = replace(settings, auth_token=DEV_AUTH_TOKEN)
             log.info("writes need 'authorization: Bearer %s' (set AUTH_TOKEN to change it)", DEV_AUTH_TOKEN)
-        if seed_if_needed(settings, source, synthetic) != 0:
-            return 1
         return serve(settings)
 
 
 @contextmanager
-def local_dependencies(settings: Settings, data_dir: Path, explicit: set[str]) -> Iterator[Settings]:
+def local_dependencies(
+    settings: Settings, data_dir: Path, explicit: set[str], source: Path | None = None, synthetic: int | None = None
+) -> Iterator[Settings]:
     """Start FerretDB and redis-server under `data_dir`, each unless its URL is
-    in `explicit`; yields the settings pointing at them; stops them after."""
-    from internal.devstack.processes import ferretdb_server, redis_server
+    in `explicit`; seed the store (see `seed_if_needed`; SeedFailed if that
+    fails); yield the settings pointing at them; stop them after."""
+    from internal.devstack.processes import FerretDBProcess, ferretdb_server, redis_server
 
     with ExitStack() as servers:
+        mongo: FerretDBProcess | None = None
         if "MONGO_URL" not in explicit:
             mongo = ferretdb_server(data_dir / "ferretdb").start()
             servers.callback(mongo.stop)
@@ -159,7 +163,15 @@ def local_dependencies(settings: Settings, data_dir: Path, explicit: set[str]) -
             servers.callback(cache.stop)
             settings = replace(settings, redis_url=f"redis://127.0.0.1:{cache.port}/0")
             log.info("started redis-server at %s", settings.redis_url)
+        if seed_if_needed(settings, source, synthetic) != 0:
+            raise SeedFailed("seeding the local store failed")
+        if mongo is not None:
+            mongo.index_ids()  # seeding may have created the collections
         yield settings
+
+
+class SeedFailed(RuntimeError):
+    pass
 
 
 def seed_if_needed(settings: Settings, source: Path | None, synthetic: int | None) -> int:

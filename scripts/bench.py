@@ -192,6 +192,7 @@ class Bench:
             self.zipf_ids = [m.movie.id for m in store.movie_ratings(120)]
         finally:
             store.close()
+        self.mongo.index_ids()
 
     @property
     def mongo_url(self) -> str:

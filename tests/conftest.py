@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from internal.config import Settings
-from internal.devstack.processes import ServerProcess, ferretdb_server, redis_server
+from internal.devstack.processes import FerretDBProcess, ServerProcess, ferretdb_server, redis_server
 from internal.server import App, build_app, register
 from internal.service.ports import DependencyError
 from internal.store import seed, synthetic
@@ -40,7 +40,7 @@ def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 
 
 @pytest.fixture(scope="session")
-def mongo_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def mongo_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretDBProcess]:
     process = ferretdb_server(tmp_path_factory.mktemp("ferretdb")).start()
     yield process
     process.stop()
@@ -93,7 +93,7 @@ def mongo_url(mongo_process: ServerProcess) -> str:
 
 
 @pytest.fixture(scope="session")
-def seeded(mongo_url: str) -> str:
+def seeded(mongo_url: str, mongo_process: FerretDBProcess) -> str:
     """Seed the session's database once; returns the database name."""
     store = MongoStore(mongo_url, TEST_DB)
     try:
@@ -106,6 +106,7 @@ def seeded(mongo_url: str) -> str:
         store.ensure_indexes()
     finally:
         store.close()
+    mongo_process.index_ids()
     return TEST_DB
 
 

@@ -46,6 +46,7 @@ def test_config_names_a_real_rpc_with_parsing_data_and_thresholds(path):
         json_format.ParseDict(entry, request())
     float(config["tags"]["max_error_rate"])
     assert float(config["tags"]["max_p99_ms"]) > 0
+    assert int(config["tags"]["mixed_rps"]) > 0
     assert "data" in config or config.get("data-file"), "every scenario sends real requests"
 
 

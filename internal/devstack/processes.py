@@ -6,9 +6,11 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +123,53 @@ def redis_server(data_dir: Path, port: int | None = None) -> ServerProcess:
     return ServerProcess("redis-server", port, argv, data_dir / "redis.log")
 
 
-def ferretdb_server(data_dir: Path, port: int | None = None) -> ServerProcess:
+@dataclass
+class FerretDBProcess(ServerProcess):
+    """FerretDB on SQLite, with `_id` lookups that use an index (see `index_ids`)."""
+
+    data_dir: Path = Path()
+
+    def start(self, timeout: float = 20.0) -> FerretDBProcess:
+        super().start(timeout)
+        self.index_ids()
+        return self
+
+    def index_ids(self) -> int:
+        """Index every collection by the `_id` expression FerretDB queries with;
+        returns how many indexes were added. Idempotent: call it again after
+        creating collections (seeding), since FerretDB creates a collection's
+        table on its first write.
+
+        FerretDB 1.24's SQLite backend finds a document by `_id` (find, update,
+        findAndModify, delete) with `WHERE _ferretdb_sjson->'$._id' = ?`, but
+        builds its own unique `_id` index on `_ferretdb_sjson->"_id"`, which
+        SQLite does not match to that expression: every lookup by `_id` scanned
+        and parsed the whole collection, and writes held SQLite's single write
+        lock meanwhile, so concurrent writers starved one another for seconds.
+        SQLite keeps this extra index current on every write; FerretDB does not
+        list it and does not need to know it exists.
+        """
+        added = 0
+        for database in sorted(self.data_dir.glob("*.sqlite")):
+            with closing(sqlite3.connect(database, timeout=30)) as connection, connection:
+                schema = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+                if _FERRETDB_COLLECTIONS not in schema:
+                    continue
+                for (table,) in connection.execute(f"SELECT table_name FROM {_FERRETDB_COLLECTIONS}").fetchall():
+                    index = f"{table}_movieservice_id_lookup"
+                    if index not in schema:
+                        connection.execute(f'CREATE INDEX "{index}" ON "{table}" ({_FERRETDB_ID_EXPRESSION})')
+                        added += 1
+        return added
+
+
+# FerretDB 1.24 (internal/backends/sqlite): its table of collections, and the
+# expression its queries compare `_id` with (metadata.IDColumn).
+_FERRETDB_COLLECTIONS = "_ferretdb_collections"
+_FERRETDB_ID_EXPRESSION = "_ferretdb_sjson->'$._id'"
+
+
+def ferretdb_server(data_dir: Path, port: int | None = None) -> FerretDBProcess:
     """FerretDB (MongoDB wire protocol) on SQLite files in `data_dir`."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +183,7 @@ def ferretdb_server(data_dir: Path, port: int | None = None) -> ServerProcess:
         "--telemetry=disable",
         "--log-level=warn",
     ]
-    return ServerProcess("ferretdb", port, argv, data_dir / "ferretdb.log")
+    return FerretDBProcess("ferretdb", port, argv, data_dir / "ferretdb.log", data_dir=data_dir)
 
 
 def child_pids(pid: int) -> set[int]:

@@ -8,7 +8,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from internal.devstack.processes import ServerProcess, ferretdb_server, free_port, redis_server, wait_for_port
+from internal.devstack.processes import (
+    FerretDBProcess,
+    ServerProcess,
+    ferretdb_server,
+    free_port,
+    redis_server,
+    wait_for_port,
+)
 from internal.store import seed, synthetic
 from internal.store.mongo import MOVIES, THEATERS, MongoStore
 from tests.support.proxy import FaultProxy, MongoWireTap
@@ -42,7 +49,7 @@ class ServiceProcess:
 class Stack:
     directory: Path
     redis: ServerProcess = field(init=False)
-    mongo: ServerProcess = field(init=False)
+    mongo: FerretDBProcess = field(init=False)
     mongo_proxy: FaultProxy = field(init=False)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -56,6 +63,7 @@ class Stack:
             seed.load(store, THEATERS, seed.parse_documents(synthetic.theater_lines(50, seed=11)))
         finally:
             store.close()
+        self.mongo.index_ids()
         return self
 
     @property

@@ -1,0 +1,65 @@
+"""The local FerretDB finds documents by `_id` through an index.
+
+FerretDB 1.24 on SQLite compares `_id` with an expression its own `_id` index
+does not match, so without the devstack's extra index every Get miss, Upsert
+and lookup by id scanned the collection (see FerretDBProcess.index_ids).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pymongo
+from bson import ObjectId
+
+from internal.devstack.processes import FerretDBProcess
+
+# The statement FerretDB 1.24 runs to find a document by `_id`
+# (internal/backends/sqlite/collection.go, Query and UpdateAll).
+FERRETDB_ID_LOOKUP = "SELECT _ferretdb_sjson FROM \"{table}\" WHERE _ferretdb_sjson->'$._id' = ?"
+
+
+def id_lookup_plans(data_dir: Path, database: str) -> dict[str, str]:
+    """Collection name -> SQLite's query plan for FerretDB's lookup by `_id`."""
+    uri = f"file:{data_dir / (database + '.sqlite')}?mode=ro"
+    plans = {}
+    with closing(sqlite3.connect(uri, uri=True)) as connection:
+        for name, table in connection.execute("SELECT name, table_name FROM _ferretdb_collections").fetchall():
+            rows = connection.execute(f"EXPLAIN QUERY PLAN {FERRETDB_ID_LOOKUP.format(table=table)}", ('"x"',))
+            plans[name] = " ".join(row[-1] for row in rows)
+    return plans
+
+
+def test_every_seeded_collection_is_searched_by_id_not_scanned(mongo_process: FerretDBProcess, seeded: str):
+    plans = id_lookup_plans(mongo_process.data_dir, seeded)
+    assert {"movies", "theaters"} <= set(plans)
+    for name, plan in plans.items():
+        assert "USING INDEX" in plan and "movieservice_id_lookup" in plan, f"{name}: {plan}"
+
+
+def test_collections_created_later_are_indexed_on_the_next_call(mongo_process: FerretDBProcess, mongo_url: str):
+    client: pymongo.MongoClient = pymongo.MongoClient(mongo_url)
+    try:
+        collection = client["index_later"]["things"]
+        ids = [ObjectId() for _ in range(3)]
+        collection.insert_many([{"_id": i, "n": n} for n, i in enumerate(ids)])
+        assert "SCAN" in id_lookup_plans(mongo_process.data_dir, "index_later")["things"]
+
+        assert mongo_process.index_ids() == 1
+        assert mongo_process.index_ids() == 0
+        assert "USING INDEX" in id_lookup_plans(mongo_process.data_dir, "index_later")["things"]
+
+        # FerretDB answers through the index as before: finds, updates, upserts.
+        assert collection.find_one({"_id": ids[2]}) == {"_id": ids[2], "n": 2}
+        before = collection.find_one_and_update({"_id": ids[1]}, {"$inc": {"n": 10}})
+        assert before == {"_id": ids[1], "n": 1}
+        assert collection.find_one({"_id": ids[1]}) == {"_id": ids[1], "n": 11}
+        created = ObjectId()
+        collection.update_one({"_id": created}, {"$set": {"n": 7}}, upsert=True)
+        assert collection.find_one({"_id": created}) == {"_id": created, "n": 7}
+        assert collection.count_documents({}) == 4
+    finally:
+        client.drop_database("index_later")
+        client.close()
