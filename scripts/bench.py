@@ -672,8 +672,8 @@ process' CPU time per call (no gRPC), which is steadier than throughput on these
   header, through an identity response serializer, instead of parsing and re-serializing it.
 - **hiredis** (redis-py's C reply parser, now a dependency): in process, a TopRated call
   went from 488 to 309 us of CPU and a Nearby call from 531 to 307 us; the Python parser spent most
-  of that on the 30-odd replies of a page. Redis hits vs the ceiling went from 0.49 (the previous run, without it)
-  to the row above.
+  of that on the 30-odd replies of a page. Redis hits vs the ceiling went from 0.49 (a run on 2026-11-25, without
+  it) to 0.57-0.63 in the runs since.
 - **Responses assembled with constant tags** (`internal/service/wire.py`): in process, TopRated
   ~300 -> ~230 us and Nearby ~220 -> ~190 us per call; the bytes are checked against protobuf's own
   serialization by a property test.
@@ -692,7 +692,7 @@ process' CPU time per call (no gRPC), which is steadier than throughput on these
   rounds is reported with its quartiles.
 - **Interceptor**: its handlers and label children are built once per method, so a call costs a
   few counter increments and a histogram observation: a few microseconds, below what these rounds
-  can resolve (the row's median moves around 0 from run to run: 9.0% in the previous run, -3.4% in this one).
+  can resolve (the row's median has moved between -3.4% and 11.7% across runs of this benchmark).
 - **Zipf**: Redis is given memory for 80%, then 70%, of the collection (bytes per cached movie
   measured after an unbounded warm-up, then `CONFIG SET maxmemory`), with LFU eviction that counts
   every access (`lfu-log-factor 0`, `maxmemory-samples 10`: 0.943 against 0.939 with Redis'
@@ -703,8 +703,9 @@ process' CPU time per call (no gRPC), which is steadier than throughput on these
   The other is a simulated cache of the same size that counted every earlier request exactly and
   admitted a movie only when it had been asked for more often than the one it would evict
   (TinyLFU's admission without its approximations): about the best a policy that learns can do.
-  Redis' sampled LFU comes within 0.003 to 0.006 of it, so an admission policy in the service
-  would buy at most that; with room for 70% of the movies even the reference barely reaches 0.95.
+  Redis' sampled LFU comes within 0.001 to 0.006 of it across runs, so an admission policy in
+  the service would buy at most that; with room for 70% of the movies even the reference barely
+  reaches 0.95.
   Sizing: give Redis memory for about three quarters of the movies for 95% hits under Zipf(1.0).
 - **WORKERS**: on these 2-core machines the load generator shares a core with the second worker,
   so the raw ratio understates scaling; the per-CPU-second ratio shows whether work per core held.
@@ -712,10 +713,13 @@ process' CPU time per call (no gRPC), which is steadier than throughput on these
   theaters in range with their exact coordinates) and build a response of several movies or
   theaters: the script costs the client ~40 us more CPU than Get's HMGET, and a 16 KB TopRated
   page costs grpcio more to send than an 881-byte movie.
-- **Miss path / Upsert** are bounded by the store: FerretDB on SQLite scans its table for every
-  query, about half a second per read or write at 5,000 movies with 16 clients (the store rows);
-  against MongoDB expect the store times to drop to about a millisecond and the service's own
-  share, the difference between the two columns, to stay.
+- **Miss path / Upsert** are bounded by the store. FerretDB 1.24 on SQLite compares `_id` with an
+  expression its own `_id` index does not match, so by itself it scans the table for every lookup
+  by id: about half a second per read or write at 5,000 movies with 16 clients (31 misses/s and 6
+  Upserts/s on 2026-11-25). The local stack adds an index on FerretDB's expression
+  (`FerretDBProcess.index_ids`; the rows above are with it), and what is left of the store's time is
+  mostly 16 clients queueing on FerretDB's one core. Against MongoDB expect the store times to drop
+  to about a millisecond and the service's own share, the difference between the two columns, to stay.
 """
 
 

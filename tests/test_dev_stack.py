@@ -13,6 +13,7 @@ import grpc
 from internal.devstack.processes import free_port, wait_for_port
 from movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.support.data import has_real_data, read_raw
+from tests.support.ferretdb import id_lookup_plans
 from tests.support.serving import spawn_movieservice
 
 
@@ -49,3 +50,6 @@ def test_dev_starts_everything_serves_sample_data_and_stops_it_all(tmp_path: Pat
     redis_port = int(re.search(r"started redis-server at redis://127.0.0.1:(\d+)/0", text).group(1))
     assert not port_open(mongo_port) and not port_open(redis_port) and not port_open(port)
     assert (tmp_path / "data" / "ferretdb").is_dir(), "local data lives under --data-dir"
+    plans = id_lookup_plans(tmp_path / "data" / "ferretdb", "sample_mflix")
+    assert {"movies", "theaters"} <= set(plans)
+    assert all("USING INDEX" in plan for plan in plans.values()), plans
