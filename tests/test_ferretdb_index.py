@@ -16,9 +16,8 @@ from tests.support.ferretdb import id_lookup_plans
 
 def test_every_seeded_collection_is_searched_by_id_not_scanned(mongo_process: FerretDBProcess, seeded: str):
     plans = id_lookup_plans(mongo_process.data_dir, seeded)
-    assert {"movies", "theaters"} <= set(plans)
-    for name, plan in plans.items():
-        assert "USING INDEX" in plan and "movieservice_id_lookup" in plan, f"{name}: {plan}"
+    for name in ("movies", "theaters"):  # not collections that tests create later
+        assert "USING INDEX" in plans[name] and "movieservice_id_lookup" in plans[name], f"{name}: {plans[name]}"
 
 
 def test_collections_created_later_are_indexed_on_the_next_call(mongo_process: FerretDBProcess, mongo_url: str):
