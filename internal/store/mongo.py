@@ -211,7 +211,8 @@ class MongoStore:
         """Insert the `docs` whose `_id` is not in `collection` yet; returns how many.
 
         Bulk inserts rather than upserts: on FerretDB a bulk of replace-upserts
-        takes tens of milliseconds per document, an insert well under one.
+        looks each document up by `_id` (0.5 ms each with the index the local
+        stack adds, see internal/devstack; tens of ms without), an insert 0.04 ms.
         """
         target = self._db.get_collection(collection)
         with self._call("seed", 300):
