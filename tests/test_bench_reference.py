@@ -4,24 +4,14 @@ exactly would get on the same draws. Both are computed, so both are tested."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.support.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench", PROJECT_ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules["bench"]
+    return load_script("bench")
 
 
 def test_zipf_share_of_the_most_popular(bench):

@@ -3,7 +3,6 @@ as that RPC's request, its thresholds are numbers; and a short run passes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,16 +12,10 @@ from google.protobuf import json_format
 
 from movies.v1 import movies_pb2
 from tests.conftest import AUTH_TOKEN, PROJECT_ROOT
+from tests.support.scripts import load_script
 
 CONFIGS = sorted((PROJECT_ROOT / "scripts" / "loadtest").glob("*.json"))
 SERVICE = movies_pb2.DESCRIPTOR.services_by_name["MovieService"]
-
-
-def loadtest_module():
-    spec = importlib.util.spec_from_file_location("loadtest", PROJECT_ROOT / "scripts" / "loadtest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def request_class(call: str):
@@ -51,7 +44,7 @@ def test_config_names_a_real_rpc_with_parsing_data_and_thresholds(path):
 
 
 def test_generated_data_parses_as_the_requests():
-    loadtest = loadtest_module()
+    loadtest = load_script("loadtest")
     for entry in loadtest.get_requests(["573a1390f29313caabcd42e8", "573a1391f29313caabcd6f98"], count=50):
         json_format.ParseDict(entry, movies_pb2.GetRequest())
     upserts = loadtest.upsert_requests()
