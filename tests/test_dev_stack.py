@@ -22,6 +22,14 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def started_ports(log_text: str) -> tuple[int, int]:
+    """The ports of the FerretDB and redis-server that `movieservice dev` says it started."""
+    mongo = re.search(r"started FerretDB at mongodb://127.0.0.1:(\d+)/", log_text)
+    redis = re.search(r"started redis-server at redis://127.0.0.1:(\d+)/0", log_text)
+    assert mongo and redis, log_text
+    return int(mongo.group(1)), int(redis.group(1))
+
+
 def test_dev_starts_everything_serves_sample_data_and_stops_it_all(tmp_path: Path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "AUTH", "GRPC"))}
@@ -46,9 +54,25 @@ def test_dev_starts_everything_serves_sample_data_and_stops_it_all(tmp_path: Pat
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0, log.read_text()
     text = log.read_text()
-    mongo_port = int(re.search(r"started FerretDB at mongodb://127.0.0.1:(\d+)/", text).group(1))
-    redis_port = int(re.search(r"started redis-server at redis://127.0.0.1:(\d+)/0", text).group(1))
+    mongo_port, redis_port = started_ports(text)
     assert not port_open(mongo_port) and not port_open(redis_port) and not port_open(port)
     assert (tmp_path / "data" / "ferretdb").is_dir(), "local data lives under --data-dir"
     plans = id_lookup_plans(tmp_path / "data" / "ferretdb", "sample_mflix")
     assert all("USING INDEX" in plans[name] for name in ("movies", "theaters")), plans
+
+
+def test_dev_with_nothing_to_seed_from_says_so_and_stops_what_it_started(tmp_path: Path):
+    empty = tmp_path / "no-exports"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "AUTH", "GRPC"))}
+    env |= {"GRPC_PORT": str(free_port()), "METRICS_PORT": "0"}
+    log = tmp_path / "dev.log"
+    process = spawn_movieservice(
+        ["dev", "--data-dir", str(tmp_path / "data"), "--seed-from", str(empty)], env, tmp_path, log
+    )
+    assert process.wait(timeout=120) == 1, log.read_text()
+    text = log.read_text()
+    assert f"no movies or theaters export found in {empty}" in text
+    assert "seeding the local store failed" in text
+    mongo_port, redis_port = started_ports(text)
+    assert not port_open(mongo_port) and not port_open(redis_port)
