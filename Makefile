@@ -8,11 +8,17 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) .tools/bin/.ok
 
-$(STAMP): pyproject.toml requirements.lock
+# The package installs as `movieservice` (internal/ and proto/ mapped onto it).
+# A strict editable install links every file into build/__editable__.*, so
+# edits show at once but a file added or removed needs a reinstall: the
+# directories (whose times change when that happens) are prerequisites.
+PACKAGE_DIRS := $(shell find internal proto -type d -not -name __pycache__)
+
+$(STAMP): pyproject.toml requirements.lock $(PACKAGE_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict
 	touch $@
 
 .tools/bin/.ok: scripts/install-tools.sh

@@ -10,8 +10,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from internal.config import ConfigError, Settings, configured_names, load_settings, redact_url
-from internal.logs import configure_logging
+from movieservice.config import ConfigError, Settings, configured_names, load_settings, redact_url
+from movieservice.logs import configure_logging
 
 log = logging.getLogger("movieservice")
 
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where local servers keep data")
     _add_seed_source(dev, "--seed-from")
 
-    from internal import client
+    from movieservice import client
 
     client.add_parser(commands)
 
@@ -64,10 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     """One process, or a supervisor forking WORKERS processes."""
     if settings.workers > 1:
-        from internal.supervisor import supervise
+        from movieservice.supervisor import supervise
 
         return supervise(settings)
-    from internal import server
+    from movieservice import server
 
     return server.serve(settings)
 
@@ -82,9 +82,9 @@ def _add_seed_source(parser: argparse.ArgumentParser, flag: str) -> None:
 def seed_store(
     settings: Settings, source: Path | None, synthetic: int | None, *, replace: bool = False, clear_cache: bool
 ) -> int:
-    from internal.store import seed
-    from internal.store import synthetic as generator
-    from internal.store.mongo import MOVIES, THEATERS, MongoStore
+    from movieservice.store import seed
+    from movieservice.store import synthetic as generator
+    from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
 
     store = MongoStore(settings.mongo_url, settings.mongo_db)
     try:
@@ -113,8 +113,8 @@ def seed_store(
 
 def _clear_cache(settings: Settings) -> None:
     """Seeding replaces documents behind the cache's back: drop what it holds."""
-    from internal.cache.redis_cache import RedisCache
-    from internal.service.ports import CacheUnavailable
+    from movieservice.cache.redis_cache import RedisCache
+    from movieservice.service.ports import CacheUnavailable
 
     cache = RedisCache(settings.redis_url, key_prefix=settings.redis_key_prefix)
     try:
@@ -126,7 +126,7 @@ def _clear_cache(settings: Settings) -> None:
 
 
 def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: int | None) -> int:
-    from internal.devstack.processes import ToolMissing
+    from movieservice.devstack.processes import ToolMissing
 
     with ExitStack() as servers:
         try:
@@ -149,7 +149,7 @@ def local_dependencies(
     """Start FerretDB and redis-server under `data_dir`, each unless its URL is
     in `explicit`; seed the store (see `seed_if_needed`; SeedFailed if that
     fails); yield the settings pointing at them; stop them after."""
-    from internal.devstack.processes import FerretDBProcess, ferretdb_server, redis_server
+    from movieservice.devstack.processes import FerretDBProcess, ferretdb_server, redis_server
 
     with ExitStack() as servers:
         mongo: FerretDBProcess | None = None
@@ -177,7 +177,7 @@ class SeedFailed(RuntimeError):
 def seed_if_needed(settings: Settings, source: Path | None, synthetic: int | None) -> int:
     """Seed when asked to, or when the database has no movies: the real sample
     data beside the project if it is there, else 1,000 synthetic movies."""
-    from internal.store.mongo import MOVIES, MongoStore
+    from movieservice.store.mongo import MOVIES, MongoStore
 
     store = MongoStore(settings.mongo_url, settings.mongo_db)
     try:

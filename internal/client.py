@@ -22,7 +22,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -14,7 +14,7 @@ import threading
 
 from grpc_health.v1 import health, health_pb2
 
-from internal.service.ports import Cache, DependencyError, Store
+from movieservice.service.ports import Cache, DependencyError, Store
 
 log = logging.getLogger(__name__)
 

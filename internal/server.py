@@ -22,15 +22,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
-from internal import metrics
-from internal.cache.redis_cache import RedisCache
-from internal.config import Settings, redact_url
-from internal.health import HealthReporter
-from internal.interceptor import GrpcMetrics, PrometheusInterceptor
-from internal.service.movies import MovieService
-from internal.service.ranking import Ranking
-from internal.store.mongo import MongoStore
-from movies.v1 import movies_pb2
+from movieservice import metrics
+from movieservice.cache.redis_cache import RedisCache
+from movieservice.config import Settings, redact_url
+from movieservice.health import HealthReporter
+from movieservice.interceptor import GrpcMetrics, PrometheusInterceptor
+from movieservice.proto.movies.v1 import movies_pb2
+from movieservice.service.movies import MovieService
+from movieservice.service.ranking import Ranking
+from movieservice.store.mongo import MongoStore
 
 log = logging.getLogger(__name__)
 

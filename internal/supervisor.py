@@ -24,7 +24,7 @@ import tempfile
 import time
 from types import FrameType
 
-from internal.config import Settings
+from movieservice.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def supervise(settings: Settings) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import CollectorRegistry, multiprocess
 
-    from internal import server
-    from internal.interceptor import UnaryMessageCounts
+    from movieservice import server
+    from movieservice.interceptor import UnaryMessageCounts
 
     workers: dict[int, tuple[int, float]] = {}  # pid -> (worker number, start time)
     stopping = False

@@ -41,8 +41,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
 import grpc  # noqa: E402
 
-from internal.devstack.metrics import Samples, scrape  # noqa: E402
-from internal.devstack.processes import (  # noqa: E402
+from movieservice.devstack.metrics import Samples, scrape  # noqa: E402
+from movieservice.devstack.processes import (  # noqa: E402
     ServerProcess,
     child_pids,
     ferretdb_server,
@@ -51,7 +51,7 @@ from internal.devstack.processes import (  # noqa: E402
     redis_server,
     wait_for_port,
 )
-from movies.v1 import movies_pb2, movies_pb2_grpc  # noqa: E402
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc  # noqa: E402
 
 # The service's histogram of MongoDB and Redis operation times.
 DEPENDENCY_SECONDS = "movieservice_dependency_seconds"
@@ -79,8 +79,8 @@ ZIPF_MOVIES = 5_000
 
 
 def ceiling_server(port: int, response_file: Path) -> None:
-    from internal.config import Settings
-    from internal.server import listen, new_grpc_server
+    from movieservice.config import Settings
+    from movieservice.server import listen, new_grpc_server
 
     body = response_file.read_bytes()
     settings = Settings(grpc_host="127.0.0.1", grpc_port=port)
@@ -172,8 +172,8 @@ class Bench:
         self.servers.append(self.bounded_redis)
 
     def seed(self) -> None:
-        from internal.store import seed, synthetic
-        from internal.store.mongo import MOVIES, THEATERS, MongoStore
+        from movieservice.store import seed, synthetic
+        from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
 
         sample = ROOT.parent / "shared" / "data" / "mflix"
         store = MongoStore(self.mongo_url, "bench")

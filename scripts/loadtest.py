@@ -41,8 +41,8 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
-from internal.devstack.processes import find_tool, free_port, wait_for_port  # noqa: E402
-from movies.v1 import movies_pb2, movies_pb2_grpc  # noqa: E402
+from movieservice.devstack.processes import find_tool, free_port, wait_for_port  # noqa: E402
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc  # noqa: E402
 
 CONFIGS = ROOT / "scripts" / "loadtest"
 REPORTS = ROOT / "reports" / "loadtest"
@@ -204,8 +204,8 @@ def run_mixed(target: str, token: str, data: dict[str, Path], quick: bool) -> li
 
 @contextmanager
 def local_service() -> Iterator[tuple[str, str]]:
-    from internal.cli import local_dependencies
-    from internal.config import configured_names, load_settings
+    from movieservice.cli import local_dependencies
+    from movieservice.config import configured_names, load_settings
 
     token = "loadtest-token"
     with ExitStack() as stack:

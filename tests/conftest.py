@@ -17,13 +17,13 @@ import grpc
 import pytest
 import redis
 
-from internal.config import Settings
-from internal.devstack.processes import FerretDBProcess, ServerProcess, ferretdb_server, redis_server
-from internal.server import App, build_app, register
-from internal.service.ports import DependencyError
-from internal.store import seed, synthetic
-from internal.store.mongo import MOVIES, THEATERS, MongoStore
-from movies.v1 import movies_pb2_grpc
+from movieservice.config import Settings
+from movieservice.devstack.processes import FerretDBProcess, ServerProcess, ferretdb_server, redis_server
+from movieservice.proto.movies.v1 import movies_pb2_grpc
+from movieservice.server import App, build_app, register
+from movieservice.service.ports import DependencyError
+from movieservice.store import seed, synthetic
+from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
 from tests.support.data import MFLIX_DIR, has_real_data
 from tests.support.proxy import FaultProxy, MongoWireTap
 

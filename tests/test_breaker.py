@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from internal.breaker import BreakerState, CircuitBreaker
+from movieservice.breaker import BreakerState, CircuitBreaker
 
 
 class Clock:

@@ -13,8 +13,8 @@ import pytest
 import redis
 from bson import ObjectId
 
-from internal.cache import redis_cache
-from movies.v1 import movies_pb2
+from movieservice.cache import redis_cache
+from movieservice.proto.movies.v1 import movies_pb2
 from tests.conftest import WRITER
 from tests.support.proxy import FaultProxy
 from tests.support.rpc import rpc_error

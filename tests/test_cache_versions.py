@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from internal.cache.redis_cache import RedisCache
-from internal.service.ports import StoredMovie
-from internal.service.ranking import Ranking
-from movies.v1.movies_pb2 import Imdb, Movie
+from movieservice.cache.redis_cache import RedisCache
+from movieservice.proto.movies.v1.movies_pb2 import Imdb, Movie
+from movieservice.service.ports import StoredMovie
+from movieservice.service.ranking import Ranking
 
 MOVIE_ID = "650000000000000000000abc"
 

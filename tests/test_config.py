@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from internal.config import ConfigError, Settings, configured_names, load_settings, redact_url
+from movieservice.config import ConfigError, Settings, configured_names, load_settings, redact_url
 
 
 def test_defaults(tmp_path):

@@ -16,7 +16,7 @@ import grpc
 import pymongo
 import pytest
 
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.support.checker import ConsistencyChecker
 from tests.support.stack import AUTH_TOKEN, DATABASE, Stack
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
-from internal.devstack.processes import free_port, wait_for_port
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.devstack.processes import free_port, wait_for_port
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.support.data import has_real_data, read_raw
 from tests.support.ferretdb import id_lookup_plans
 from tests.support.serving import spawn_movieservice

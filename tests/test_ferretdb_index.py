@@ -10,7 +10,7 @@ from __future__ import annotations
 import pymongo
 from bson import ObjectId
 
-from internal.devstack.processes import FerretDBProcess
+from movieservice.devstack.processes import FerretDBProcess
 from tests.support.ferretdb import id_lookup_plans
 
 

@@ -8,7 +8,7 @@ import grpc
 import pytest
 import redis
 
-from movies.v1 import movies_pb2
+from movieservice.proto.movies.v1 import movies_pb2
 from tests.support.proxy import FaultProxy
 from tests.support.rpc import assert_invalid, rpc_error
 

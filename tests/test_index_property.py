@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from internal.cache.redis_cache import RedisCache
-from internal.server import App, build_app, create_server
-from internal.service.ranking import Ranking
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.cache.redis_cache import RedisCache
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.server import App, build_app, create_server
+from movieservice.service.ranking import Ranking
 from tests.conftest import WRITER
 
 IDS = [f"{0x6500000000000000000000 + i:024x}" for i in range(8)]

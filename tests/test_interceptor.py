@@ -16,7 +16,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from internal.interceptor import GrpcMetrics, PrometheusInterceptor
+from movieservice.interceptor import GrpcMetrics, PrometheusInterceptor
 
 SERVICE = "test.v1.Dummy"
 identity = {"request_deserializer": None, "response_serializer": None}

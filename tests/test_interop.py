@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from movies.v1 import movies_pb2
+from movieservice.proto.movies.v1 import movies_pb2
 from tests.conftest import AUTH_TOKEN, PROJECT_ROOT
 from tests.support.data import has_real_data
 from tests.support.proxy import FaultProxy

@@ -10,7 +10,7 @@ import sys
 import pytest
 from google.protobuf import json_format
 
-from movies.v1 import movies_pb2
+from movieservice.proto.movies.v1 import movies_pb2
 from tests.conftest import AUTH_TOKEN, PROJECT_ROOT
 from tests.support.scripts import load_script
 

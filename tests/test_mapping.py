@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from bson import ObjectId
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from internal.store.mapping import document_to_movie, document_to_theater, movie_to_document
-from internal.store.seed import parse_documents
-from internal.store.synthetic import movie_lines, theater_lines
-from movies.v1.movies_pb2 import Imdb, Movie
+from movieservice.proto.movies.v1.movies_pb2 import Imdb, Movie
+from movieservice.store.mapping import document_to_movie, document_to_theater, movie_to_document
+from movieservice.store.seed import parse_documents
+from movieservice.store.synthetic import movie_lines, theater_lines
 
 OID = ObjectId("573a1390f29313caabcd42e8")
 

@@ -11,9 +11,9 @@ import time
 
 import grpc
 
-from internal.devstack.metrics import scrape
-from internal.devstack.processes import child_pids, free_port, wait_for_port
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.devstack.metrics import scrape
+from movieservice.devstack.processes import child_pids, free_port, wait_for_port
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.support.serving import start_serving, stop
 
 

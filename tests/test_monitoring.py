@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 import pytest
 
-from internal.devstack.metrics import scrape
-from internal.devstack.processes import free_port
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.devstack.metrics import scrape
+from movieservice.devstack.processes import free_port
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.conftest import PROJECT_ROOT
 from tests.support.serving import start_serving, stop
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from internal.cache.near import NearCache
+from movieservice.cache.near import NearCache
 
 
 class Clock:

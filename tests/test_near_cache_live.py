@@ -12,8 +12,8 @@ import grpc
 import pytest
 import redis
 
-from internal.server import App, build_app, create_server
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.server import App, build_app, create_server
 from tests.conftest import WRITER
 
 PREFIX = "near:"

@@ -8,7 +8,7 @@ import random
 import pytest
 import redis
 
-from movies.v1 import movies_pb2
+from movieservice.proto.movies.v1 import movies_pb2
 from tests.support.reference import all_theaters, brute_force_nearby
 from tests.support.rpc import assert_invalid, rpc_error
 

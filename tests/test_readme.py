@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from internal.devstack.processes import free_port, wait_for_port
+from movieservice.devstack.processes import free_port, wait_for_port
 from tests.conftest import AUTH_TOKEN, PROJECT_ROOT, service_env
 
 README = PROJECT_ROOT / "README.md"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from movies.v1 import movies_pb2
+from movieservice.proto.movies.v1 import movies_pb2
 from tests.support.data import has_real_data, read_raw
 
 pytestmark = pytest.mark.skipif(not has_real_data(), reason="real sample_mflix data not present")

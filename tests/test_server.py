@@ -18,9 +18,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from internal.devstack.processes import find_tool, free_port, wait_for_port
-from internal.server import build_app
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.devstack.processes import find_tool, free_port, wait_for_port
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.server import build_app
 from tests.conftest import PROJECT_ROOT, VENV_BIN, service_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -11,9 +11,9 @@ import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from internal.server import build_app, create_server
-from movies.v1 import movies_pb2, movies_pb2_grpc
-from movies.v1.movies_pb2 import Imdb, Movie, Tomatoes, TomatoesRating
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.proto.movies.v1.movies_pb2 import Imdb, Movie, Tomatoes, TomatoesRating
+from movieservice.server import build_app, create_server
 from tests.conftest import WRITER
 from tests.support.rpc import assert_invalid, rpc_error
 

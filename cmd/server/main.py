@@ -5,7 +5,7 @@ Deliberately thin: configuration, wiring and the RPC logic live in `internal/`.
 
 import sys
 
-from internal.cli import main
+from movieservice.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["serve", *sys.argv[1:]]))

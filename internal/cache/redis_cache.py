@@ -43,10 +43,11 @@ try:  # redis-py >= 7: its maintenance notifications need RESP3; the tracking co
 except ImportError:  # pragma: no cover
     _MaintNotificationsConfig = None  # type: ignore[assignment,misc]
 
-from internal.breaker import BreakerState, CircuitBreaker
-from internal.cache.near import NearCache
-from internal.metrics import BREAKER_STATE, DEPENDENCY_ERRORS, DEPENDENCY_SECONDS
-from internal.service.ports import (
+from movieservice.breaker import BreakerState, CircuitBreaker
+from movieservice.cache.near import NearCache
+from movieservice.metrics import BREAKER_STATE, DEPENDENCY_ERRORS, DEPENDENCY_SECONDS
+from movieservice.proto.movies.v1.movies_pb2 import Theater
+from movieservice.service.ports import (
     CachedMovie,
     CacheUnavailable,
     RankedId,
@@ -55,7 +56,6 @@ from internal.service.ports import (
     TheaterCandidate,
     TopCursor,
 )
-from movies.v1.movies_pb2 import Theater
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

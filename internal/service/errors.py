@@ -14,7 +14,7 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from internal.service.validation import Violation
+from movieservice.service.validation import Violation
 
 
 def abort_invalid(context: grpc.ServicerContext, violations: Sequence[Violation]) -> NoReturn:

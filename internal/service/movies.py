@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from internal.metrics import (
+from movieservice.metrics import (
     CACHE_LOOKUPS,
     CACHE_REPAIRS,
     COALESCED,
@@ -26,12 +26,14 @@ from internal.metrics import (
     FILL_LAG_SECONDS,
     INDEX_REBUILDS,
 )
-from internal.service import wire
-from internal.service.errors import abort, abort_invalid
-from internal.service.flights import SingleFlight
-from internal.service.geo import distances_km
-from internal.service.paging import InvalidPageToken, decode_page_token, encode_page_token
-from internal.service.ports import (
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.proto.movies.v1.movies_pb2 import Movie
+from movieservice.service import wire
+from movieservice.service.errors import abort, abort_invalid
+from movieservice.service.flights import SingleFlight
+from movieservice.service.geo import distances_km
+from movieservice.service.paging import InvalidPageToken, decode_page_token, encode_page_token
+from movieservice.service.ports import (
     Cache,
     CachedMovie,
     CacheUnavailable,
@@ -45,8 +47,8 @@ from internal.service.ports import (
     TheaterCandidate,
     TopCursor,
 )
-from internal.service.ranking import Ranking, genre_key
-from internal.service.validation import (
+from movieservice.service.ranking import Ranking, genre_key
+from movieservice.service.validation import (
     DEFAULT_LIMIT,
     DEFAULT_PAGE_SIZE,
     DEFAULT_RADIUS_KM,
@@ -58,8 +60,6 @@ from internal.service.validation import (
     check_page_size,
     check_upsert,
 )
-from movies.v1 import movies_pb2, movies_pb2_grpc
-from movies.v1.movies_pb2 import Movie
 
 log = logging.getLogger(__name__)
 

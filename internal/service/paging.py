@@ -12,7 +12,7 @@ import binascii
 import json
 import math
 
-from internal.service.ports import TopCursor
+from movieservice.service.ports import TopCursor
 
 
 class InvalidPageToken(ValueError):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from movies.v1.movies_pb2 import Movie, Theater
+from movieservice.proto.movies.v1.movies_pb2 import Movie, Theater
 
 
 class DependencyError(Exception):

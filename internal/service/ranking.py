@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from internal.service.ports import RankEntry, StoredMovie
+from movieservice.service.ports import RankEntry, StoredMovie
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from movies.v1.movies_pb2 import Movie
+from movieservice.proto.movies.v1.movies_pb2 import Movie
 
 OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 MIN_YEAR, MAX_YEAR = 1870, 2100

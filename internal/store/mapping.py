@@ -21,7 +21,7 @@ from typing import Any
 from bson import ObjectId
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from movies.v1.movies_pb2 import Address, Awards, Imdb, Movie, Theater, Tomatoes, TomatoesRating
+from movieservice.proto.movies.v1.movies_pb2 import Address, Awards, Imdb, Movie, Theater, Tomatoes, TomatoesRating
 
 # The document field that holds the write version (see Store).
 VERSION_FIELD = "_v"

@@ -29,9 +29,10 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
-from internal.breaker import CircuitBreaker
-from internal.metrics import BREAKER_STATE, DEPENDENCY_ERRORS, DEPENDENCY_SECONDS
-from internal.service.ports import (
+from movieservice.breaker import CircuitBreaker
+from movieservice.metrics import BREAKER_STATE, DEPENDENCY_ERRORS, DEPENDENCY_SECONDS
+from movieservice.proto.movies.v1.movies_pb2 import Movie, Theater
+from movieservice.service.ports import (
     CacheRepair,
     DependencyError,
     StoredMovie,
@@ -39,7 +40,7 @@ from internal.service.ports import (
     StoreUnavailable,
     UpsertOutcome,
 )
-from internal.store.mapping import (
+from movieservice.store.mapping import (
     MOVIE_FIELDS,
     VERSION_FIELD,
     document_to_movie,
@@ -47,7 +48,6 @@ from internal.store.mapping import (
     format_lastupdated,
     movie_to_document,
 )
-from movies.v1.movies_pb2 import Movie, Theater
 
 log = logging.getLogger(__name__)
 

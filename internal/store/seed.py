@@ -18,7 +18,7 @@ from typing import Any
 from bson import json_util
 from bson.json_util import JSONOptions
 
-from internal.store.mongo import MOVIES, THEATERS, MongoStore
+from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
 
 EJSON_OPTIONS = JSONOptions(tz_aware=True, tzinfo=UTC)
 COLLECTIONS = (MOVIES, THEATERS)

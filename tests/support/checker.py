@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 
 
 @dataclass

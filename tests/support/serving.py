@@ -6,8 +6,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from internal.config import Settings
-from internal.devstack.processes import free_port, wait_for_port
+from movieservice.config import Settings
+from movieservice.devstack.processes import free_port, wait_for_port
 from tests.conftest import VENV_BIN, service_env
 
 

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from internal.devstack.processes import (
+from movieservice.devstack.processes import (
     FerretDBProcess,
     ServerProcess,
     ferretdb_server,
@@ -16,8 +16,8 @@ from internal.devstack.processes import (
     redis_server,
     wait_for_port,
 )
-from internal.store import seed, synthetic
-from internal.store.mongo import MOVIES, THEATERS, MongoStore
+from movieservice.store import seed, synthetic
+from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
 from tests.support.proxy import FaultProxy, MongoWireTap
 
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from movies.v1 import movies_pb2 as movies_dot_v1_dot_movies__pb2
+from movieservice.proto.movies.v1 import movies_pb2 as movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in movies/v1/movies_pb2_grpc.py depends on'
+        + ' but the generated code in movieservice/proto/movies/v1/movies_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -41,23 +41,23 @@ class MovieServiceStub:
         """
         self.Get = channel.unary_unary(
                 '/movies.v1.MovieService/Get',
-                request_serializer=movies_dot_v1_dot_movies__pb2.GetRequest.SerializeToString,
-                response_deserializer=movies_dot_v1_dot_movies__pb2.GetResponse.FromString,
+                request_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.GetRequest.SerializeToString,
+                response_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/movies.v1.MovieService/Upsert',
-                request_serializer=movies_dot_v1_dot_movies__pb2.UpsertRequest.SerializeToString,
-                response_deserializer=movies_dot_v1_dot_movies__pb2.UpsertResponse.FromString,
+                request_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.UpsertResponse.FromString,
                 _registered_method=True)
         self.TopRated = channel.unary_unary(
                 '/movies.v1.MovieService/TopRated',
-                request_serializer=movies_dot_v1_dot_movies__pb2.TopRatedRequest.SerializeToString,
-                response_deserializer=movies_dot_v1_dot_movies__pb2.TopRatedResponse.FromString,
+                request_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.TopRatedRequest.SerializeToString,
+                response_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.TopRatedResponse.FromString,
                 _registered_method=True)
         self.Nearby = channel.unary_unary(
                 '/movies.v1.MovieService/Nearby',
-                request_serializer=movies_dot_v1_dot_movies__pb2.NearbyRequest.SerializeToString,
-                response_deserializer=movies_dot_v1_dot_movies__pb2.NearbyResponse.FromString,
+                request_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.NearbyRequest.SerializeToString,
+                response_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.NearbyResponse.FromString,
                 _registered_method=True)
 
 
@@ -107,23 +107,23 @@ def add_MovieServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=movies_dot_v1_dot_movies__pb2.GetRequest.FromString,
-                    response_serializer=movies_dot_v1_dot_movies__pb2.GetResponse.SerializeToString,
+                    request_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.GetRequest.FromString,
+                    response_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.GetResponse.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
-                    request_deserializer=movies_dot_v1_dot_movies__pb2.UpsertRequest.FromString,
-                    response_serializer=movies_dot_v1_dot_movies__pb2.UpsertResponse.SerializeToString,
+                    request_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.UpsertRequest.FromString,
+                    response_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.UpsertResponse.SerializeToString,
             ),
             'TopRated': grpc.unary_unary_rpc_method_handler(
                     servicer.TopRated,
-                    request_deserializer=movies_dot_v1_dot_movies__pb2.TopRatedRequest.FromString,
-                    response_serializer=movies_dot_v1_dot_movies__pb2.TopRatedResponse.SerializeToString,
+                    request_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.TopRatedRequest.FromString,
+                    response_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.TopRatedResponse.SerializeToString,
             ),
             'Nearby': grpc.unary_unary_rpc_method_handler(
                     servicer.Nearby,
-                    request_deserializer=movies_dot_v1_dot_movies__pb2.NearbyRequest.FromString,
-                    response_serializer=movies_dot_v1_dot_movies__pb2.NearbyResponse.SerializeToString,
+                    request_deserializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.NearbyRequest.FromString,
+                    response_serializer=movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.NearbyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -156,8 +156,8 @@ class MovieService:
             request,
             target,
             '/movies.v1.MovieService/Get',
-            movies_dot_v1_dot_movies__pb2.GetRequest.SerializeToString,
-            movies_dot_v1_dot_movies__pb2.GetResponse.FromString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.GetRequest.SerializeToString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -183,8 +183,8 @@ class MovieService:
             request,
             target,
             '/movies.v1.MovieService/Upsert',
-            movies_dot_v1_dot_movies__pb2.UpsertRequest.SerializeToString,
-            movies_dot_v1_dot_movies__pb2.UpsertResponse.FromString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.UpsertRequest.SerializeToString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.UpsertResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -210,8 +210,8 @@ class MovieService:
             request,
             target,
             '/movies.v1.MovieService/TopRated',
-            movies_dot_v1_dot_movies__pb2.TopRatedRequest.SerializeToString,
-            movies_dot_v1_dot_movies__pb2.TopRatedResponse.FromString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.TopRatedRequest.SerializeToString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.TopRatedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -237,8 +237,8 @@ class MovieService:
             request,
             target,
             '/movies.v1.MovieService/Nearby',
-            movies_dot_v1_dot_movies__pb2.NearbyRequest.SerializeToString,
-            movies_dot_v1_dot_movies__pb2.NearbyResponse.FromString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.NearbyRequest.SerializeToString,
+            movieservice_dot_proto_dot_movies_dot_v1_dot_movies__pb2.NearbyResponse.FromString,
             options,
             channel_credentials,
             insecure,
