@@ -1,17 +1,19 @@
 """A circuit breaker: stop calling a dependency that keeps failing, probe it now and then.
 
 closed -> open after `failure_threshold` consecutive failures (or `trip()`);
-open -> half-open once `reset_seconds` have passed: the next caller runs the
-probe (`probe()` must succeed) and the breaker closes, or it opens again.
-While open, callers fail at once instead of each waiting for a timeout.
+open -> half-open once `reset_seconds` have passed: the next caller starts
+the probe in the background (`probe()` must succeed) and the breaker closes,
+or it opens again. While open or probing, callers fail at once instead of
+each waiting for a timeout. Used from one event loop's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class BreakerState(enum.IntEnum):
@@ -27,7 +29,7 @@ class CircuitBreaker:
         *,
         failure_threshold: int = 3,
         reset_seconds: float = 1.0,
-        probe: Callable[[], None] | None = None,
+        probe: Callable[[], Awaitable[None]] | None = None,
         close_on_success: bool = False,
         on_change: Callable[[str, BreakerState], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -41,13 +43,12 @@ class CircuitBreaker:
         self._close_on_success = close_on_success
         self._on_change = on_change
         self._clock = clock
-        self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
         self._closed_at = float("-inf")
         self._last_success = float("-inf")
-        self._prober: int | None = None
+        self._probing: asyncio.Task[None] | None = None
         # How many times the circuit closed again after opening.
         self.recoveries = 0
 
@@ -56,44 +57,45 @@ class CircuitBreaker:
         return self._state
 
     def allow(self) -> bool:
-        """True when a call may go ahead (closed, or a successful probe closed it)."""
+        """True when a call may go ahead. Once the circuit has been open for
+        `reset_seconds`, this starts the probe (without waiting for it)."""
         if self._state is BreakerState.CLOSED:
             return True
-        me = threading.get_ident()
-        with self._lock:
-            if self._state is BreakerState.HALF_OPEN:
-                # The probe itself may use the dependency; everyone else waits for its verdict.
-                return self._prober == me
-            if self._clock() - self._opened_at < self._reset:
-                return False
-            self._set(BreakerState.HALF_OPEN)
-            self._prober = me
-        try:
-            if self._probe is not None:
-                self._probe()
-        except Exception:  # noqa: BLE001 - any failure of the probe keeps the circuit open
-            with self._lock:
-                self._prober = None
-                self._open()
+        if self._state is BreakerState.HALF_OPEN or self._clock() - self._opened_at < self._reset:
             return False
-        with self._lock:
-            self._prober = None
-            self._failures = 0
-            self._closed()
-        return True
+        self._set(BreakerState.HALF_OPEN)
+        if self._probe is None:
+            self._recovered()
+            return True
+        self._probing = asyncio.ensure_future(self._run_probe(self._probe))
+        return False
 
-    def success(self) -> None:
-        self._last_success = self._clock()
-        if self._failures or self._state is not BreakerState.CLOSED:
-            with self._lock:
-                self._failures = 0
-                if self._close_on_success and self._state is BreakerState.OPEN:
-                    self._closed()
+    async def _run_probe(self, probe: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await probe()
+        except Exception:  # noqa: BLE001 - any failure of the probe keeps the circuit open
+            self._open()
+            return
+        self._recovered()
 
-    def _closed(self) -> None:
+    async def wait_for_probe(self) -> None:
+        """Return once a probe in progress (if any) has finished."""
+        if self._probing is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._probing)
+
+    def _recovered(self) -> None:
+        self._failures = 0
         self.recoveries += 1
         self._closed_at = self._clock()
         self._set(BreakerState.CLOSED)
+
+    def success(self) -> None:
+        self._last_success = self._clock()
+        if self._failures:
+            self._failures = 0
+        if self._close_on_success and self._state is BreakerState.OPEN:
+            self._recovered()
 
     def now(self) -> float:
         """The breaker's clock: pass its value at the start of a call to `failure`."""
@@ -103,18 +105,16 @@ class CircuitBreaker:
         """Count a failed call. A call that started before the dependency last
         answered (or before the circuit last closed) says nothing about it now:
         it was caught by an earlier outage, and is not counted."""
-        with self._lock:
-            if started_at is not None and started_at < max(self._closed_at, self._last_success):
-                return
-            self._failures += 1
-            if self._state is BreakerState.CLOSED and self._failures >= self._threshold:
-                self._open()
+        if started_at is not None and started_at < max(self._closed_at, self._last_success):
+            return
+        self._failures += 1
+        if self._state is BreakerState.CLOSED and self._failures >= self._threshold:
+            self._open()
 
     def trip(self) -> None:
         """Open now (a health check saw the dependency down)."""
-        with self._lock:
-            if self._state is BreakerState.CLOSED:
-                self._open()
+        if self._state is BreakerState.CLOSED:
+            self._open()
 
     def _open(self) -> None:
         self._opened_at = self._clock()
@@ -125,3 +125,10 @@ class CircuitBreaker:
             self._state = state
             if self._on_change is not None:
                 self._on_change(self.name, state)
+
+    async def close(self) -> None:
+        """Stop a probe in progress (at shutdown)."""
+        if self._probing is not None and not self._probing.done():
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing

@@ -31,8 +31,15 @@ class Settings:
     # 0 disables the /metrics endpoint.
     metrics_port: int = 9464
     workers: int = 1
-    # Threads serving RPCs in each worker.
-    grpc_threads: int = 16
+    # Calls handled at once per worker (their request has arrived); the next
+    # one gets RESOURCE_EXHAUSTED at once. Calls still receiving their request
+    # and idle streams do not count.
+    max_concurrent_calls: int = 256
+    # Every connection is closed gracefully after this long (load spreads
+    # again over instances added since); its calls get GRACE_PERIOD_SECONDS.
+    max_connection_age_seconds: float = 600.0
+    # The server pings a connection idle this long; one that does not answer is closed.
+    keepalive_seconds: float = 60.0
     # Bearer token that Upsert requires; empty disables writes.
     auth_token: str = ""
     movie_ttl_seconds: float = 3600.0
@@ -51,11 +58,6 @@ class Settings:
     redis_key_prefix: str = "movieservice:"
     log_level: str = "INFO"
     log_format: str = "text"
-    # "versioned" (the real thing) or "naive": plain cache-aside without version
-    # checks, only for showing that the consistency checker catches its races.
-    cache_consistency: str = "versioned"
-    # Test hook: delay between reading MongoDB and filling the cache on a miss.
-    test_fill_delay_seconds: float = 0.0
     # Buckets of grpc_server_handling_seconds (GRPC_HISTOGRAM_BUCKETS="0.001,0.005,...").
     grpc_histogram_buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,11 +66,18 @@ class Settings:
         _check_port("METRICS_PORT", self.metrics_port, allow_zero=True)
         if self.workers < 1:
             raise ConfigError(f"WORKERS must be at least 1, got {self.workers}")
-        if self.grpc_threads < 1:
-            raise ConfigError(f"GRPC_THREADS must be at least 1, got {self.grpc_threads}")
+        if self.max_concurrent_calls < 1:
+            raise ConfigError(f"MAX_CONCURRENT_CALLS must be at least 1, got {self.max_concurrent_calls}")
         if self.near_cache_size < 0:
             raise ConfigError(f"NEAR_CACHE_SIZE must be >= 0, got {self.near_cache_size}")
-        for name in ("movie_ttl_seconds", "negative_ttl_seconds", "near_cache_ttl_seconds", "request_timeout_seconds"):
+        for name in (
+            "movie_ttl_seconds",
+            "negative_ttl_seconds",
+            "near_cache_ttl_seconds",
+            "request_timeout_seconds",
+            "max_connection_age_seconds",
+            "keepalive_seconds",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name.upper()} must be a positive number, got {value}")
@@ -80,10 +89,6 @@ class Settings:
             raise ConfigError("TOPRATED_PRIOR_RATING must be between 0 and 10")
         if self.workers > 1 and self.grpc_port == 0:
             raise ConfigError("WORKERS > 1 needs a fixed GRPC_PORT (all workers share it)")
-        if self.cache_consistency not in ("versioned", "naive"):
-            raise ConfigError(f"CACHE_CONSISTENCY must be 'versioned' or 'naive', got {self.cache_consistency!r}")
-        if not (math.isfinite(self.test_fill_delay_seconds) and self.test_fill_delay_seconds >= 0):
-            raise ConfigError("TEST_FILL_DELAY_SECONDS must be >= 0")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
         if not self.mongo_url.startswith(("mongodb://", "mongodb+srv://")):

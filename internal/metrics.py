@@ -1,78 +1,233 @@
-"""The service's own Prometheus metrics (the gRPC ones are in internal/interceptor.py).
+"""Every Prometheus metric of a process, created in one place (`Metrics`) and
+handed to what records it: the use cases (as their `ServiceEvents`), the
+Redis and MongoDB adapters (`DependencyMetrics`) and the gRPC interceptor
+(`GrpcMetrics`).
 
 Names follow Prometheus conventions: `movieservice_` prefix, `_total` for
-counters, `_seconds` for durations. Every metric here works in
-prometheus-client's multiprocess mode (WORKERS > 1).
+counters, `_seconds` for durations; the gRPC ones are go-grpc-prometheus'.
+Every series that can appear is created at 0 up front, so that its first
+increase shows in rate() and increase() (a series born at 1 looks like no
+change). Every metric works in prometheus-client's multiprocess mode
+(WORKERS > 1).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-CACHE_LOOKUPS = Counter(
-    "movieservice_cache_lookups_total",
-    "Cache lookups by cache (movie, top_rated, geo) and result (hit, miss, negative_hit, error).",
-    ["cache", "result"],
-)
-COALESCED = Counter(
-    "movieservice_cache_coalesced_total",
-    "Misses that did not read the store themselves but waited for another caller's read "
-    "(in_process: same worker; lease: another worker or instance held the fill lease).",
-    ["how"],
-)
-EARLY_REFRESHES = Counter(
-    "movieservice_cache_early_refreshes_total",
-    "Cached movies refreshed before expiry by probabilistic early expiration (XFetch).",
-)
-FALLBACKS = Counter(
-    "movieservice_cache_fallbacks_total",
-    "Reads answered from the store because the cache was unavailable, by RPC.",
-    ["rpc"],
-)
-CACHE_REPAIRS = Counter(
-    "movieservice_cache_repairs_total",
-    "Writes whose cache update failed (recorded) and later applied by the repair loop (applied).",
-    ["result"],
-)
-INDEX_REBUILDS = Counter("movieservice_index_rebuilds_total", "Rebuilds of a Redis index from the store.", ["index"])
-BREAKER_STATE = Gauge(
-    "movieservice_circuit_breaker_state",
-    "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open.",
-    ["dependency"],
-    multiprocess_mode="max",
-)
-DEPENDENCY_SECONDS = Histogram(
-    "movieservice_dependency_seconds",
-    "Latency of Redis and MongoDB operations.",
-    ["dependency", "operation"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
-DEPENDENCY_ERRORS = Counter(
-    "movieservice_dependency_errors_total",
-    "Failed Redis and MongoDB operations by kind (unavailable, timeout, circuit_open, error).",
-    ["dependency", "kind"],
-)
-FILL_LAG_SECONDS = Histogram(
-    "movieservice_cache_fill_lag_seconds",
-    "Time from answering a miss to the movie being in the cache (population lag).",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-)
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# prometheus_client's defaults, which are also go-grpc-prometheus' (prometheus.DefBuckets).
+DEFAULT_GRPC_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+GRPC_CODES = tuple(code.name for code in grpc.StatusCode)
+
+CACHES = ("movie", "top_rated", "geo")
+LOOKUP_RESULTS = ("hit", "miss", "negative_hit", "error")
+DEPENDENCIES = ("redis", "mongodb")
+ERROR_KINDS = ("unavailable", "timeout", "circuit_open", "error")
 
 
-def initialize() -> None:
-    """Create every known series at 0, so that its first increase shows in
-    rate() and increase() (a series born at 1 looks like no change)."""
-    for cache in ("movie", "top_rated", "geo"):
-        for result in ("hit", "miss", "negative_hit", "error"):
-            CACHE_LOOKUPS.labels(cache, result)
-    for how in ("in_process", "lease"):
-        COALESCED.labels(how)
-    for rpc in ("Get", "TopRated", "Nearby"):
-        FALLBACKS.labels(rpc)
-    for result in ("recorded", "applied"):
-        CACHE_REPAIRS.labels(result)
-    for index in ("top_rated", "geo"):
-        INDEX_REBUILDS.labels(index)
-    for dependency in ("redis", "mongodb"):
-        for kind in ("unavailable", "timeout", "circuit_open", "error"):
-            DEPENDENCY_ERRORS.labels(dependency, kind)
+class GrpcMetrics:
+    """go-grpc-prometheus' server metric families (recorded by the interceptor)."""
+
+    def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
+        self.started = Counter(
+            "grpc_server_started_total", "Total number of RPCs started on the server.", GRPC_LABELS, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            (*GRPC_LABELS, "grpc_code"),
+            registry=registry,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            GRPC_LABELS,
+            buckets=buckets,
+            registry=registry,
+        )
+        registry.register(UnaryMessageCounts(self.started, self.handled))
+
+    def initialize(self, methods: Sequence[str]) -> None:
+        """Create every series of `methods` ("/package.Service/Method") at 0, as
+        go-grpc-prometheus' InitializeMetrics does."""
+        for method in methods:
+            labels = grpc_labels(method)
+            self.started.labels(*labels)
+            self.handling_seconds.labels(*labels)
+            for code in GRPC_CODES:
+                self.handled.labels(*labels, code)
+
+
+def grpc_labels(method: str) -> tuple[str, str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return ("unary", service, name)
+
+
+class UnaryMessageCounts(Collector):
+    """grpc_server_msg_received_total and grpc_server_msg_sent_total, derived.
+
+    For unary RPCs go-grpc-prometheus counts one message received per call
+    started and one sent per call handled with OK, so these two are exported
+    from those counters instead of being counted again on every call: two
+    counter increments less on the hot path, and the same numbers.
+    `sources` (the two counters, or a multiprocess collector) yield
+    grpc_server_started_total and grpc_server_handled_total.
+    """
+
+    def __init__(self, *sources: Any) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        received = CounterMetricFamily(
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            labels=GRPC_LABELS,
+        )
+        sent = CounterMetricFamily(
+            "grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.", labels=GRPC_LABELS
+        )
+        for source in self._sources:
+            for family in source.collect():
+                for sample in family.samples:
+                    labels = sample.labels
+                    if labels.get("grpc_type") != "unary":
+                        continue
+                    if sample.name == "grpc_server_started_total":
+                        received.add_metric([labels[name] for name in GRPC_LABELS], sample.value)
+                    elif sample.name == "grpc_server_handled_total" and labels.get("grpc_code") == "OK":
+                        sent.add_metric([labels[name] for name in GRPC_LABELS], sample.value)
+        yield received
+        yield sent
+
+    def describe(self) -> Iterator[Metric]:
+        # Described without collecting, so registering does not read the sources.
+        yield CounterMetricFamily("grpc_server_msg_received_total", "", labels=GRPC_LABELS)
+        yield CounterMetricFamily("grpc_server_msg_sent_total", "", labels=GRPC_LABELS)
+
+
+class DependencyMetrics:
+    """What the Redis and MongoDB adapters record: latency, errors, breaker state."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram(
+            "movieservice_dependency_seconds",
+            "Latency of Redis and MongoDB operations.",
+            ["dependency", "operation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self.errors = Counter(
+            "movieservice_dependency_errors_total",
+            "Failed Redis and MongoDB operations by kind (unavailable, timeout, circuit_open, error).",
+            ["dependency", "kind"],
+            registry=registry,
+        )
+        self.breaker = Gauge(
+            "movieservice_circuit_breaker_state",
+            "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open.",
+            ["dependency"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self._errors = {(d, k): self.errors.labels(d, k) for d in DEPENDENCIES for k in ERROR_KINDS}
+
+    def latency(self, dependency: str, operation: str) -> Any:
+        """The histogram child of one operation (look it up once, observe often)."""
+        return self.seconds.labels(dependency, operation)
+
+    def error(self, dependency: str, kind: str) -> None:
+        self._errors[dependency, kind].inc()
+
+    def breaker_state(self, dependency: str, state: int) -> None:
+        self.breaker.labels(dependency).set(int(state))
+
+
+class Metrics:
+    """Every metric family of one process, on `registry` (a fresh one per test)."""
+
+    def __init__(
+        self, registry: CollectorRegistry = REGISTRY, grpc_buckets: Sequence[float] = DEFAULT_GRPC_BUCKETS
+    ) -> None:
+        self.registry = registry
+        self.grpc = GrpcMetrics(registry, grpc_buckets)
+        self.dependencies = DependencyMetrics(registry)
+        lookups = Counter(
+            "movieservice_cache_lookups_total",
+            "Cache lookups by cache (movie, top_rated, geo) and result (hit, miss, negative_hit, error).",
+            ["cache", "result"],
+            registry=registry,
+        )
+        coalesced = Counter(
+            "movieservice_cache_coalesced_total",
+            "Misses that did not read the store themselves but waited for another caller's read "
+            "(in_process: same worker; lease: another worker or instance held the fill lease).",
+            ["how"],
+            registry=registry,
+        )
+        self._early_refreshes = Counter(
+            "movieservice_cache_early_refreshes_total",
+            "Cached movies refreshed before expiry by probabilistic early expiration (XFetch).",
+            registry=registry,
+        )
+        fallbacks = Counter(
+            "movieservice_cache_fallbacks_total",
+            "Reads answered from the store because the cache was unavailable, by RPC.",
+            ["rpc"],
+            registry=registry,
+        )
+        repairs = Counter(
+            "movieservice_cache_repairs_total",
+            "Writes whose cache update failed (recorded) and later applied by the repair loop (applied).",
+            ["result"],
+            registry=registry,
+        )
+        rebuilds = Counter(
+            "movieservice_index_rebuilds_total",
+            "Rebuilds of a Redis index from the store.",
+            ["index"],
+            registry=registry,
+        )
+        self._fill_lag = Histogram(
+            "movieservice_cache_fill_lag_seconds",
+            "Time from answering a miss to the movie being in the cache (population lag).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        # Label children looked up once: recording is then one increment.
+        self._lookups = {(c, r): lookups.labels(c, r) for c in CACHES for r in LOOKUP_RESULTS}
+        self._coalesced = {how: coalesced.labels(how) for how in ("in_process", "lease")}
+        self._fallbacks = {rpc: fallbacks.labels(rpc) for rpc in ("Get", "TopRated", "Nearby")}
+        self._repairs = {result: repairs.labels(result) for result in ("recorded", "applied")}
+        self._rebuilds = {index: rebuilds.labels(index) for index in ("top_rated", "geo")}
+        for dependency in DEPENDENCIES:
+            self.dependencies.breaker_state(dependency, 0)
+
+    # ServiceEvents (movieservice.core.ports)
+
+    def cache_lookup(self, cache: str, result: str) -> None:
+        self._lookups[cache, result].inc()
+
+    def coalesced(self, how: str) -> None:
+        self._coalesced[how].inc()
+
+    def early_refresh(self) -> None:
+        self._early_refreshes.inc()
+
+    def fallback(self, rpc: str) -> None:
+        self._fallbacks[rpc].inc()
+
+    def cache_repair(self, result: str) -> None:
+        self._repairs[result].inc()
+
+    def index_rebuilt(self, index: str) -> None:
+        self._rebuilds[index].inc()
+
+    def fill_lag(self, seconds: float) -> None:
+        self._fill_lag.observe(seconds)

@@ -37,8 +37,8 @@ def supervise(settings: Settings) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import CollectorRegistry, multiprocess
 
-    from movieservice import server
-    from movieservice.interceptor import UnaryMessageCounts
+    from movieservice.grpcserver import server
+    from movieservice.metrics import UnaryMessageCounts
 
     workers: dict[int, tuple[int, float]] = {}  # pid -> (worker number, start time)
     stopping = False

@@ -39,9 +39,9 @@ from typing import Any
 import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
+sys.path[:0] = [str(ROOT)]
 
-from movieservice.devstack.processes import find_tool, free_port, wait_for_port  # noqa: E402
+from movieservice.devstack.processes import find_tool  # noqa: E402
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc  # noqa: E402
 
 CONFIGS = ROOT / "scripts" / "loadtest"
@@ -204,28 +204,20 @@ def run_mixed(target: str, token: str, data: dict[str, Path], quick: bool) -> li
 
 @contextmanager
 def local_service() -> Iterator[tuple[str, str]]:
-    from movieservice.cli import local_dependencies
+    """The local stack (as `make run` starts it, data under .data/loadtest) and a service process."""
+    from dataclasses import replace
+
     from movieservice.config import configured_names, load_settings
+    from movieservice.devstack.stack import local_dependencies, service_environment, spawn
 
     token = "loadtest-token"
+    data = ROOT / ".data" / "loadtest"
     with ExitStack() as stack:
-        settings = stack.enter_context(
-            local_dependencies(load_settings(), ROOT / ".data" / "loadtest", configured_names())
-        )
-        port = free_port()
-        env = dict(
-            os.environ,
-            MONGO_URL=settings.mongo_url,
-            REDIS_URL=settings.redis_url,
-            GRPC_PORT=str(port),
-            AUTH_TOKEN=token,
-            LOG_LEVEL="WARNING",
-        )
-        server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "movieservice"), "serve"], env=env)
-        stack.callback(server.wait, 30)
-        stack.callback(server.terminate)
-        wait_for_port(port, 60, server)  # type: ignore[arg-type]
-        yield f"127.0.0.1:{port}", token
+        settings = stack.enter_context(local_dependencies(load_settings(), data, configured_names()))
+        env = service_environment(replace(settings, auth_token=token), LOG_LEVEL="WARNING")
+        server = spawn(env, data, name="loadtest-service")
+        stack.callback(server.stop)
+        yield server.target, token
 
 
 def main() -> int:

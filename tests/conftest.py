@@ -2,34 +2,38 @@
 loopback ports, each behind a fault-injecting proxy, stopped at the end.
 
 The store is seeded once with the real sample data (or, where it is absent,
-with synthetic data in the same schema).
+with synthetic data in the same schema). Each test module gets a fresh
+service over an empty cache, served by grpc.aio in this process (see
+tests/support/inprocess.py) and called with pytest-grpc's channel and stub.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
+from movieservice.app import App, build_app
 from movieservice.config import Settings
+from movieservice.core.ports import DependencyError
 from movieservice.devstack.processes import FerretDBProcess, ServerProcess, ferretdb_server, redis_server
+from movieservice.devstack.stack import seed_database, service_environment
+from movieservice.metrics import Metrics
 from movieservice.proto.movies.v1 import movies_pb2_grpc
-from movieservice.server import App, build_app, register
-from movieservice.service.ports import DependencyError
-from movieservice.store import seed, synthetic
-from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
-from tests.support.data import MFLIX_DIR, has_real_data
+from tests.support.inprocess import LoopThread, ServedApp
 from tests.support.proxy import FaultProxy, MongoWireTap
 
 TEST_DB = "sample_mflix_test"
 AUTH_TOKEN = "test-token"
 WRITER = (("authorization", f"Bearer {AUTH_TOKEN}"),)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
 
 
 @pytest.fixture(scope="session")
@@ -69,21 +73,24 @@ def _proxies_forward(request: pytest.FixtureRequest) -> Iterator[None]:
     touched = [name for name in ("mongo_proxy", "redis_proxy") if name in request.fixturenames]
     for name in touched:
         request.getfixturevalue(name).forward()
-    if touched and "app" in request.fixturenames:
-        wait_until_recovered(request.getfixturevalue("app"))
+    if touched and "served" in request.fixturenames:
+        wait_until_recovered(request.getfixturevalue("served"))
 
 
-def wait_until_recovered(application: App, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            application.store.ping(1.0)
-            application.cache.ping()
-            return
-        except DependencyError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def wait_until_recovered(served: ServedApp, timeout: float = 15.0) -> None:
+    async def healthy() -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await served.app.store.ping(1.0)
+                await served.app.cache.ping()
+                return
+            except DependencyError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    served.run(healthy())
 
 
 @pytest.fixture(scope="session")
@@ -94,18 +101,9 @@ def mongo_url(mongo_process: ServerProcess) -> str:
 
 @pytest.fixture(scope="session")
 def seeded(mongo_url: str, mongo_process: FerretDBProcess) -> str:
-    """Seed the session's database once; returns the database name."""
-    store = MongoStore(mongo_url, TEST_DB)
-    try:
-        if has_real_data():
-            for collection in (MOVIES, THEATERS):
-                seed.load(store, collection, seed.read_file(MFLIX_DIR / f"{collection}.jsonl.gz"))
-        else:
-            seed.load(store, MOVIES, seed.parse_documents(synthetic.movie_lines(1000)))
-            seed.load(store, THEATERS, seed.parse_documents(synthetic.theater_lines(1564)))
-        store.ensure_indexes()
-    finally:
-        store.close()
+    """Seed the session's database once (the real sample data, or synthetic
+    movies where it is absent); returns the database name."""
+    seed_database(mongo_url, TEST_DB)
     mongo_process.index_ids()
     return TEST_DB
 
@@ -133,25 +131,41 @@ def redis_client(redis_process: ServerProcess) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def server_loop() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+def serve_in_process(loop: LoopThread, settings: Settings, **components: object) -> ServedApp:
+    """`settings`' service (with its own metrics registry) served on `loop`."""
+    return ServedApp(loop, lambda: build_app(settings, metrics=Metrics(CollectorRegistry()), **components))  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
-def app(settings: Settings, redis_process: ServerProcess) -> Iterator[App]:
+def served(settings: Settings, redis_process: ServerProcess, server_loop: LoopThread) -> Iterator[ServedApp]:
     """A fresh service for each test module, over an empty cache."""
     redis.Redis(port=redis_process.port).flushall()
-    application = build_app(settings)
-    application.start()
-    yield application
-    application.close()
-
-
-# pytest-grpc: an in-process server per test module with the service's own registration.
-@pytest.fixture(scope="module")
-def grpc_servicer(app: App) -> App:
-    return app
+    running = serve_in_process(server_loop, settings)
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
-def grpc_add_to_server() -> object:
-    return lambda application, server: register(server, application)
+def app(served: ServedApp) -> App:
+    return served.app
+
+
+# pytest-grpc: its channel and stub fixtures, pointed at the module's service.
+@pytest.fixture(scope="module")
+def grpc_addr(served: ServedApp) -> str:
+    return served.target
+
+
+@pytest.fixture(scope="module")
+def grpc_server(served: ServedApp) -> grpc.aio.Server:
+    return served.server
 
 
 @pytest.fixture(scope="module")
@@ -165,29 +179,14 @@ def stub(grpc_stub: movies_pb2_grpc.MovieServiceStub) -> movies_pb2_grpc.MovieSe
 
 
 @pytest.fixture(scope="module")
-def grpc_target(grpc_addr: str, grpc_server: grpc.Server) -> str:
+def grpc_target(served: ServedApp) -> str:
     """Address of the module's running server (for grpcurl and raw channels)."""
-    return grpc_addr
+    return served.target
 
 
 def service_env(settings: Settings, **overrides: str) -> dict[str, str]:
     """Environment for a `movieservice` subprocess configured like `settings`."""
-    values = replace(settings, **{k: v for k, v in overrides.items() if hasattr(settings, k)})  # type: ignore[arg-type]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "GRPC", "AUTH"))}
-    env.update(
-        MONGO_URL=values.mongo_url,
-        MONGO_DB=values.mongo_db,
-        REDIS_URL=values.redis_url,
-        GRPC_HOST=values.grpc_host,
-        AUTH_TOKEN=values.auth_token,
-        METRICS_PORT="0",
-        LOG_LEVEL="INFO",
-    )
-    return env
-
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+    return service_environment(settings, **overrides)
 
 
 @pytest.fixture(scope="session")

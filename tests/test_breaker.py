@@ -34,29 +34,39 @@ def test_opens_after_consecutive_failures_and_fails_fast():
     assert not b.allow()
 
 
-def test_probes_after_the_reset_time_and_closes_when_the_probe_succeeds():
+async def test_probes_in_the_background_after_the_reset_time_and_closes_when_the_probe_succeeds():
     clock = Clock()
     probes = []
-    b = breaker(clock, probe=lambda: probes.append(clock()))
+
+    async def probe() -> None:
+        probes.append(clock())
+
+    b = breaker(clock, probe=probe)
     b.trip()
     clock.now += 0.5
     assert not b.allow() and probes == []
     clock.now += 0.6
-    assert b.allow() and probes == [clock.now]
-    assert b.state is BreakerState.CLOSED and b.recoveries == 1
+    # The caller that notices does not wait for the probe: it is told no, at once.
+    assert not b.allow() and b.state is BreakerState.HALF_OPEN
+    assert not b.allow(), "callers fail fast while the probe runs"
+    await b.wait_for_probe()
+    assert probes == [clock.now]
+    assert b.allow() and b.state is BreakerState.CLOSED and b.recoveries == 1
 
 
-def test_a_failing_probe_keeps_it_open():
+async def test_a_failing_probe_keeps_it_open():
     clock = Clock()
 
-    def probe() -> None:
+    async def probe() -> None:
         raise ConnectionError("still down")
 
     b = breaker(clock, probe=probe)
     b.trip()
     clock.now += 2
     assert not b.allow()
+    await b.wait_for_probe()
     assert b.state is BreakerState.OPEN and b.recoveries == 0
+    assert not b.allow(), "the next probe waits for another reset period"
 
 
 def test_failures_of_calls_older_than_the_last_success_are_ignored():
@@ -88,7 +98,7 @@ def test_state_changes_are_reported():
     b = breaker(clock, on_change=lambda name, state: changes.append((name, state)))
     b.trip()
     clock.now += 2
-    b.allow()
+    assert b.allow(), "without a probe, the first call after the reset time closes it"
     assert changes == [("dep", BreakerState.OPEN), ("dep", BreakerState.HALF_OPEN), ("dep", BreakerState.CLOSED)]
 
 

@@ -10,20 +10,23 @@ import redis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from movieservice.cache.redis_cache import RedisCache
+from movieservice.core.ports import RankEntry, StoredMovie
+from movieservice.core.ranking import Ranking
+from movieservice.metrics import Metrics
 from movieservice.proto.movies.v1.movies_pb2 import Imdb, Movie
-from movieservice.service.ports import StoredMovie
-from movieservice.service.ranking import Ranking
 
 MOVIE_ID = "650000000000000000000abc"
 
 
 @pytest.fixture(scope="module")
-def cache(redis_process) -> Iterator[RedisCache]:
-    instance = RedisCache(f"redis://127.0.0.1:{redis_process.port}/0", key_prefix="versions:")
+def cache(redis_process, server_loop) -> Iterator[RedisCache]:
+    metrics = Metrics(CollectorRegistry()).dependencies
+    instance = RedisCache(f"redis://127.0.0.1:{redis_process.port}/0", metrics, key_prefix="versions:")
     yield instance
-    instance.close()
+    server_loop.run(instance.close())
 
 
 def version(number: int) -> StoredMovie:
@@ -37,7 +40,7 @@ operation = st.tuples(st.sampled_from(["fill", "write", "rebuild"]), st.integers
 
 @hypothesis_settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, min_size=1, max_size=12))
-def test_the_newest_version_wins_in_any_order(cache, redis_client: redis.Redis, operations):
+def test_the_newest_version_wins_in_any_order(cache, server_loop, redis_client: redis.Redis, operations):
     """`operations` arrive at Redis in this order, each with the version it
     carries: fills (a reader's store read, possibly old), writes, and index
     rebuilds (whose store snapshot holds at least every write that reached
@@ -48,17 +51,21 @@ def test_the_newest_version_wins_in_any_order(cache, redis_client: redis.Redis, 
     indexed = -1
     for kind, number in operations:
         if kind == "fill":
-            cache.put_movie(MOVIE_ID, version(number), 0.01, cache.recovery_epoch())
+            server_loop.run(cache.put_movie(MOVIE_ID, version(number), 0.01, cache.recovery_epoch()))
         elif kind == "write":
-            cache.write_movie(version(number), ranking.entry(version(number)))
+            server_loop.run(cache.write_movie(version(number), ranking.entry(version(number))))
             arrived_writes.append(number)
             indexed = max(indexed, number)
         else:
             snapshot = max(arrived_writes)
-            cache.rebuild_top_index(lambda snapshot=snapshot: [ranking.entry(version(snapshot))])
+
+            async def entries(snapshot: int = snapshot) -> list[RankEntry]:
+                return [ranking.entry(version(snapshot))]
+
+            server_loop.run(cache.rebuild_top_index(entries))
             indexed = max(indexed, snapshot)
 
-    cached = cache.get_movie(MOVIE_ID)
+    cached = server_loop.run(cache.get_movie(MOVIE_ID))
     cached_version = int(Movie.FromString(cached.data).title[1:]) if cached is not None else None
     if len(arrived_writes) > 1:
         assert cached_version is not None and cached_version >= max(arrived_writes), "a write was lost"

@@ -18,13 +18,14 @@ import pytest
 
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.support.checker import ConsistencyChecker
-from tests.support.stack import AUTH_TOKEN, DATABASE, Stack
+from tests.support.stack import AUTH_TOKEN, DATABASE, Stack, variant
 
 pytestmark = pytest.mark.slow
 
 # Entries expire quickly (so reads keep missing) and every cache fill waits
 # 200 ms after its store read: the window in which a write can overtake it.
-RACE_WINDOWS = {"MOVIE_TTL_SECONDS": "1", "TEST_FILL_DELAY_SECONDS": "0.2"}
+RACE_WINDOWS = {"MOVIE_TTL_SECONDS": "1"}
+DELAYED_FILLS = variant("delayed-fills", "0.2")
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def checker(stack: Stack, services) -> ConsistencyChecker:
 
 
 def test_the_checker_finds_the_races_of_naive_cache_aside(stack):
-    services = stack.serve(2, CACHE_CONSISTENCY="naive", **RACE_WINDOWS)
+    services = stack.serve(2, argv=variant("naive"), **RACE_WINDOWS)
     report = checker(stack, services).run(8)
     assert report.reads > 100 and report.writes > 30, report
     assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}
@@ -53,7 +54,7 @@ def test_the_checker_finds_the_races_of_naive_cache_aside(stack):
 
 
 def test_no_stale_reads_with_versioned_writes_two_processes(stack):
-    services = stack.serve(2, **RACE_WINDOWS)
+    services = stack.serve(2, argv=DELAYED_FILLS, **RACE_WINDOWS)
     report = checker(stack, services).run(8)
     print(f"versioned: {report.reads} reads, {report.writes} writes, {len(report.stale)} stale")
     assert report.reads > 300 and report.writes > 30, report
@@ -76,7 +77,7 @@ def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
 
 
 def test_redis_killed_and_restarted_under_load(stack):
-    services = stack.serve(2, **RACE_WINDOWS)
+    services = stack.serve(2, argv=DELAYED_FILLS, **RACE_WINDOWS)
 
     def outage() -> None:
         time.sleep(2)
@@ -96,7 +97,7 @@ def test_redis_killed_and_restarted_under_load(stack):
 
 
 def test_redis_paused_under_load(stack):
-    services = stack.serve(2, **RACE_WINDOWS)
+    services = stack.serve(2, argv=DELAYED_FILLS, **RACE_WINDOWS)
 
     def pause() -> None:
         time.sleep(2)
@@ -188,7 +189,7 @@ def test_near_cache_reads_its_own_writes_and_bounds_staleness_elsewhere(stack):
     """NEAR_CACHE_SIZE trades the strict guarantee for hits without a Redis round
     trip: the server that took a write never serves the older version; another
     server may, until Redis' invalidation message reaches it."""
-    services = stack.serve(2, NEAR_CACHE_SIZE="1000", **RACE_WINDOWS)
+    services = stack.serve(2, argv=DELAYED_FILLS, NEAR_CACHE_SIZE="1000", **RACE_WINDOWS)
     report = ConsistencyChecker([s.target for s in services], movie_ids(stack), AUTH_TOKEN, pin_writers=True).run(8)
     assert report.reads > 300 and report.writes > 30, report
     assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from movieservice.service.geo import distances_km
-from movieservice.service.movies import nearest
-from movieservice.service.ports import TheaterCandidate
+from movieservice.core.geo import distances_km
+from movieservice.core.nearby import nearest
+from movieservice.core.ports import TheaterCandidate
 from tests.support.reference import haversine_km
 
 latitudes = st.floats(-90, 90)

@@ -13,27 +13,25 @@ import redis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from movieservice.cache.redis_cache import RedisCache
+from movieservice.core.ranking import Ranking
+from movieservice.metrics import Metrics
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
-from movieservice.server import App, build_app, create_server
-from movieservice.service.ranking import Ranking
-from tests.conftest import WRITER
+from tests.conftest import WRITER, serve_in_process
+from tests.support.inprocess import ServedApp
 
 IDS = [f"{0x6500000000000000000000 + i:024x}" for i in range(8)]
 GENRES = ["Drama", "Comedy", "Film-Noir", "War"]
 
 
 @pytest.fixture(scope="module")
-def property_app(settings, redis_process) -> Iterator[tuple[App, movies_pb2_grpc.MovieServiceStub]]:
-    own = replace(settings, mongo_db="index_property", redis_key_prefix="prop:")
-    application = build_app(own)
-    server, port = create_server(own, application)
-    server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield application, movies_pb2_grpc.MovieServiceStub(channel)
-    server.stop(None)
-    application.close()
+def property_app(settings, server_loop) -> Iterator[tuple[ServedApp, movies_pb2_grpc.MovieServiceStub]]:
+    served = serve_in_process(server_loop, replace(settings, mongo_db="index_property", redis_key_prefix="prop:"))
+    with grpc.insecure_channel(served.target) as channel:
+        yield served, movies_pb2_grpc.MovieServiceStub(channel)
+    served.stop(None)
 
 
 write = st.fixed_dictionaries(
@@ -63,7 +61,7 @@ def index_contents(client: redis.Redis, prefix: str) -> dict[str, list[tuple[byt
 @hypothesis_settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequential=st.lists(write, min_size=1, max_size=8), concurrent=st.lists(write, max_size=8))
 def test_indexes_equal_a_fresh_rebuild(property_app, redis_client, sequential, concurrent):
-    application, stub = property_app
+    served, stub = property_app
     for op in sequential:
         apply(stub, op)
     # Two writers at once, on different movies: FerretDB 1.24 does not apply
@@ -81,9 +79,17 @@ def test_indexes_equal_a_fresh_rebuild(property_app, redis_client, sequential, c
     for thread in threads:
         thread.join()
 
-    fresh = RedisCache(application.settings.redis_url, key_prefix="propcheck:", top_index_tag=Ranking().tag)
-    try:
-        fresh.rebuild_top_index(lambda: [Ranking().entry(s) for s in application.store.movie_ratings(30)])
-    finally:
-        fresh.close()
+    async def rebuild_elsewhere() -> None:
+        metrics = Metrics(CollectorRegistry()).dependencies
+        fresh = RedisCache(served.app.settings.redis_url, metrics, key_prefix="propcheck:", top_index_tag=Ranking().tag)
+
+        async def entries() -> list:
+            return [Ranking().entry(s) for s in await served.app.store.movie_ratings(30)]
+
+        try:
+            await fresh.rebuild_top_index(entries)
+        finally:
+            await fresh.close()
+
+    served.run(rebuild_elsewhere())
     assert index_contents(redis_client, "prop:") == index_contents(redis_client, "propcheck:")

@@ -7,42 +7,47 @@ an expired deadline, a cancelled call.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
+from typing import Any
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from movieservice.interceptor import GrpcMetrics, PrometheusInterceptor
+from movieservice.grpcserver.interceptor import PrometheusInterceptor
+from movieservice.grpcserver.registrar import Registrar
+from movieservice.metrics import GrpcMetrics
 
 SERVICE = "test.v1.Dummy"
-identity = {"request_deserializer": None, "response_serializer": None}
 release = threading.Event()
 
 
-def ok(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def ok(request: bytes, context: Any) -> bytes:
     return request
 
 
-def aborts(request: bytes, context: grpc.ServicerContext) -> bytes:
-    context.abort(grpc.StatusCode.NOT_FOUND, "nothing here")
+async def aborts(request: bytes, context: Any) -> bytes:
+    await context.abort(grpc.StatusCode.NOT_FOUND, "nothing here")
+    raise AssertionError("abort returned")
 
 
-def raises(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def raises(request: bytes, context: Any) -> bytes:
     raise RuntimeError("a bug")
 
 
-def sets_code(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def sets_code(request: bytes, context: Any) -> bytes:
     context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
     context.set_details("not now")
     return b""
 
 
-def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
-    release.wait(5)
+async def slow(request: bytes, context: Any) -> bytes:
+    deadline = time.monotonic() + 5
+    while not release.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     return request
 
 
@@ -56,16 +61,23 @@ def registry() -> CollectorRegistry:
 
 
 @pytest.fixture(scope="module")
-def channel(registry) -> Iterator[grpc.Channel]:
-    metrics = GrpcMetrics(registry=registry)
-    server = grpc.server(futures.ThreadPoolExecutor(8), interceptors=[PrometheusInterceptor(metrics)])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, HANDLERS)])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def channel(registry, server_loop) -> Iterator[grpc.Channel]:
+    metrics = GrpcMetrics(registry, (0.005, 0.1, 1.0))
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        Registrar(server, [PrometheusInterceptor(metrics)]).add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(SERVICE, HANDLERS)]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = server_loop.run(start())
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield channel
     release.set()
-    server.stop(None)
+    server_loop.run(server.stop(None))
 
 
 def call(channel: grpc.Channel, method: str, **kwargs) -> grpc.StatusCode:
@@ -134,21 +146,27 @@ def test_unknown_methods_are_not_instrumented(channel, registry):
 
 
 def test_the_wrapped_handler_is_built_once_per_method():
-    metrics = GrpcMetrics.__new__(GrpcMetrics)
-    interceptor = PrometheusInterceptor(metrics)
-    calls = []
+    """Wrapping happens when a method is first looked up, never again on later calls."""
+    wrapped: list[str] = []
 
-    def continuation(details):
-        calls.append(details.method)
-        return HANDLERS["Ok"]
+    class Wrapper:
+        def wrap(self, method, handler):
+            wrapped.append(method)
+            return handler
+
+    class Server:
+        def add_generic_rpc_handlers(self, handlers):
+            self.handlers = handlers
 
     class Details:
         method = f"/{SERVICE}/Ok"
 
-    interceptor._wrap = lambda method, handler: ("wrapped", method)  # type: ignore[method-assign]
-    first = interceptor.intercept_service(continuation, Details())
-    assert interceptor.intercept_service(continuation, Details()) is first
-    assert calls == [f"/{SERVICE}/Ok"]
+    server = Server()
+    Registrar(server, [Wrapper()]).add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, HANDLERS)])
+    (generic,) = server.handlers
+    first = generic.service(Details())
+    assert generic.service(Details()) is first
+    assert wrapped == [f"/{SERVICE}/Ok"]
 
 
 def wait_for(condition, explain=lambda: "", timeout: float = 5.0) -> None:

@@ -12,9 +12,9 @@ import grpc
 import pytest
 import redis
 
+from movieservice.app import App
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
-from movieservice.server import App, build_app, create_server
-from tests.conftest import WRITER
+from tests.conftest import WRITER, serve_in_process
 
 PREFIX = "near:"
 
@@ -24,22 +24,14 @@ def near_settings(settings):
     return replace(settings, redis_key_prefix=PREFIX, near_cache_size=1000, near_cache_ttl_seconds=60)
 
 
-def serve(config) -> tuple[App, grpc.Server, movies_pb2_grpc.MovieServiceStub]:
-    application = build_app(config)
-    server, port = create_server(config, application)
-    server.start()
-    return application, server, movies_pb2_grpc.MovieServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-
-
 @pytest.fixture(scope="module")
-def two_servers(near_settings) -> Iterator[list[tuple[App, movies_pb2_grpc.MovieServiceStub]]]:
-    running = [serve(near_settings) for _ in range(2)]
-    for application, _, _ in running:
-        wait_until(lambda a=application: a.cache._near.enabled, "the near cache to switch on")
-    yield [(application, stub) for application, _, stub in running]
-    for application, server, _ in running:
-        server.stop(None)
-        application.close()
+def two_servers(near_settings, server_loop) -> Iterator[list[tuple[App, movies_pb2_grpc.MovieServiceStub]]]:
+    running = [serve_in_process(server_loop, near_settings) for _ in range(2)]
+    for served in running:
+        wait_until(lambda a=served.app: a.cache._near.enabled, "the near cache to switch on")
+    yield [(served.app, movies_pb2_grpc.MovieServiceStub(grpc.insecure_channel(served.target))) for served in running]
+    for served in running:
+        served.stop(None)
 
 
 def hmget_calls(client: redis.Redis) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -12,48 +13,30 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
-from movieservice.devstack.processes import find_tool, free_port, wait_for_port
+from movieservice.app import App, build_app
+from movieservice.devstack.processes import find_tool
+from movieservice.devstack.stack import ServiceProcess, spawn
+from movieservice.metrics import Metrics
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
-from movieservice.server import build_app
 from tests.conftest import PROJECT_ROOT, VENV_BIN, service_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class ServerUnderTest:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process, self.port, self.log = process, port, log
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
-def start_server(settings, tmp_path: Path, argv: list[str], **env: str) -> ServerUnderTest:
-    port = free_port()
-    log = tmp_path / "server.log"
-    environment = service_env(settings) | {"GRPC_PORT": str(port), "GRACE_PERIOD_SECONDS": "5"} | env
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=environment, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    wait_for_port(port, 30, process)  # type: ignore[arg-type]
-    return ServerUnderTest(process, port, log)
-
-
 @pytest.fixture
-def server(settings, tmp_path) -> Iterator[ServerUnderTest]:
+def server(settings, tmp_path) -> Iterator[ServiceProcess]:
     """`python cmd/server/main.py`, the thin entry point, as its own process."""
-    running = start_server(settings, tmp_path, [sys.executable, str(PROJECT_ROOT / "cmd" / "server" / "main.py")])
+    entry_point = [sys.executable, str(PROJECT_ROOT / "cmd" / "server" / "main.py")]
+    running = spawn(service_env(settings, GRACE_PERIOD_SECONDS="5"), tmp_path, argv=entry_point, name="server")
     yield running
-    if running.process.poll() is None:
-        running.process.kill()
-        running.process.wait()
+    running.kill()
 
 
 def health_status(target: str, service: str = "") -> int:
@@ -114,7 +97,10 @@ def test_sigterm_finishes_in_flight_calls_then_exits(server, seeded_ids, mongo_p
     def slow_get() -> None:
         with grpc.insecure_channel(server.target) as channel:
             stub = movies_pb2_grpc.MovieServiceStub(channel)
-            outcome["movie"] = stub.Get(movies_pb2.GetRequest(id=movie_id), timeout=20).movie
+            try:
+                outcome["movie"] = stub.Get(movies_pb2.GetRequest(id=movie_id), timeout=20).movie
+            except grpc.RpcError as error:
+                outcome["movie"] = error
 
     with mongo_proxy.delaying(1.0):
         caller = threading.Thread(target=slow_get)
@@ -122,6 +108,7 @@ def test_sigterm_finishes_in_flight_calls_then_exits(server, seeded_ids, mongo_p
         time.sleep(0.3)  # the call is now waiting on MongoDB
         server.process.send_signal(signal.SIGTERM)
         caller.join(timeout=20)
+    assert not isinstance(outcome["movie"], grpc.RpcError), outcome["movie"]
     assert outcome["movie"].id == movie_id  # type: ignore[attr-defined]
     assert server.process.wait(timeout=20) == 0
     log = server.log.read_text()
@@ -149,23 +136,24 @@ def test_bad_configuration_is_reported_clearly(settings, tmp_path):
     assert b"GRPC_PORT must be a number, got 'http'" in result.stderr
 
 
-def test_shutdown_during_a_cache_repair_is_clean(settings, caplog):
+def test_shutdown_during_a_cache_repair_is_clean(settings, caplog, server_loop):
     """Closing the clients while the repair loop waits for MongoDB once let a
-    driver error ("Cannot use MongoClient after close") kill the thread."""
+    driver error ("Cannot use MongoClient after close") kill the loop."""
     with socket.socket() as silent_mongodb:  # accepts connections, never answers
         silent_mongodb.bind(("127.0.0.1", 0))
         silent_mongodb.listen(16)
         url = f"mongodb://127.0.0.1:{silent_mongodb.getsockname()[1]}/"
-        app = build_app(dataclasses.replace(settings, mongo_url=url, request_timeout_seconds=1.0))
-        uncaught: list[threading.ExceptHookArgs] = []
-        previous, threading.excepthook = threading.excepthook, uncaught.append
-        try:
-            app.start()
-            app.service.wake_repair_loop()
-            time.sleep(0.3)  # the repair loop is now inside a MongoDB call
-            app.close()
-        finally:
-            threading.excepthook = previous
-    assert [str(args.exc_value) for args in uncaught] == []
+
+        async def start_and_close() -> App:
+            config = dataclasses.replace(settings, mongo_url=url, request_timeout_seconds=1.0)
+            app = build_app(config, metrics=Metrics(CollectorRegistry()))
+            await app.start(warm_up=False)
+            app.service.repairs.wake()
+            await asyncio.sleep(0.3)  # the repair loop is now inside a MongoDB call
+            await app.close()
+            await asyncio.sleep(0.1)  # anything left failing would log by now
+            return app
+
+        app = server_loop.run(start_and_close())
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-    assert app.repairs is not None and not app.repairs.is_alive()
+    assert app.service._loops and all(loop.done() for loop in app.service._loops)

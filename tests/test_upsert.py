@@ -13,8 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from movieservice.proto.movies.v1.movies_pb2 import Imdb, Movie, Tomatoes, TomatoesRating
-from movieservice.server import build_app, create_server
-from tests.conftest import WRITER
+from tests.conftest import WRITER, serve_in_process
 from tests.support.rpc import assert_invalid, rpc_error
 
 
@@ -167,13 +166,10 @@ def test_unauthenticated_writes_are_rejected_and_not_written(stub, metadata, mes
     assert rpc_error(stub.Get, movies_pb2.GetRequest(id=movie.id)).code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_writes_are_refused_when_the_server_has_no_token(settings):
-    no_token = replace(settings, auth_token="")
-    application = build_app(no_token)
-    server, port = create_server(no_token, application)
-    server.start()
+def test_writes_are_refused_when_the_server_has_no_token(settings, server_loop):
+    no_token = serve_in_process(server_loop, replace(settings, auth_token=""))
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(no_token.target) as channel:
             error = rpc_error(
                 movies_pb2_grpc.MovieServiceStub(channel).Upsert,
                 movies_pb2.UpsertRequest(movie=new_movie()),
@@ -182,8 +178,7 @@ def test_writes_are_refused_when_the_server_has_no_token(settings):
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error.details() == "writes are disabled: the server has no AUTH_TOKEN"
     finally:
-        server.stop(None)
-        application.close()
+        no_token.stop(None)
 
 
 def test_upsert_fails_with_unavailable_when_mongodb_is_down_and_writes_nothing(stub, mongo_proxy):

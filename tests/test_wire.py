@@ -6,8 +6,8 @@ from google.protobuf.internal.encoder import _VarintBytes
 from hypothesis import given
 from hypothesis import strategies as st
 
+from movieservice.grpcserver import wire
 from movieservice.proto.movies.v1 import movies_pb2
-from movieservice.service import wire
 
 movie = st.builds(
     movies_pb2.Movie,

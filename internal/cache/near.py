@@ -20,7 +20,6 @@ Races handled:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -37,13 +36,13 @@ class NearEntry:
 
 
 class NearCache:
-    """A bounded LRU of entries that invalidations remove. Thread-safe."""
+    """A bounded LRU of entries that invalidations remove. Used from one event
+    loop's thread (no locks: nothing here awaits)."""
 
     def __init__(self, max_entries: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._max = max_entries
         self._ttl = ttl_seconds
         self._clock = clock
-        self._lock = threading.Lock()
         self._entries: OrderedDict[str, NearEntry] = OrderedDict()
         # key -> sequence number of its last invalidation (bounded like the entries)
         self._invalidated: OrderedDict[str, int] = OrderedDict()
@@ -63,13 +62,11 @@ class NearCache:
 
     def enable(self) -> None:
         """Start serving entries; call once invalidations are being received."""
-        with self._lock:
-            self._enabled = True
+        self._enabled = True
 
     def disable(self) -> None:
         """Stop serving and forget everything (invalidations may have been missed)."""
-        with self._lock:
-            self._enabled = False
+        self._enabled = False
         self.invalidate(None)
 
     def get(self, key: str) -> Any | None:
@@ -79,38 +76,35 @@ class NearCache:
         if entry is None:
             return None
         if self._clock() - entry.stored_at > self._ttl:
-            with self._lock:
-                self._entries.pop(key, None)
+            self._entries.pop(key, None)
             return None
         return entry.value
 
     def put(self, key: str, value: Any, read_sequence: int) -> None:
         """Store `value`, read from Redis after `read_sequence` was taken, unless
         the key was invalidated since (the value may be older than Redis)."""
-        with self._lock:
-            if not self._enabled or read_sequence < self._floor or self._invalidated.get(key, -1) > read_sequence:
-                return
-            self._entries[key] = NearEntry(value, self._clock())
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        if not self._enabled or read_sequence < self._floor or self._invalidated.get(key, -1) > read_sequence:
+            return
+        self._entries[key] = NearEntry(value, self._clock())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
 
     def invalidate(self, keys: Iterable[str] | None) -> None:
         """Drop `keys` (all entries when None)."""
-        with self._lock:
-            self._sequence += 1
-            if keys is None:
-                self._entries.clear()
-                self._invalidated.clear()
-                # Reads in flight must not store what they read before this.
-                self._floor = self._sequence
-                return
-            for key in keys:
-                self._entries.pop(key, None)
-                self._invalidated[key] = self._sequence
-                self._invalidated.move_to_end(key)
-            while len(self._invalidated) > 4 * self._max:
-                self._invalidated.popitem(last=False)
+        self._sequence += 1
+        if keys is None:
+            self._entries.clear()
+            self._invalidated.clear()
+            # Reads in flight must not store what they read before this.
+            self._floor = self._sequence
+            return
+        for key in keys:
+            self._entries.pop(key, None)
+            self._invalidated[key] = self._sequence
+            self._invalidated.move_to_end(key)
+        while len(self._invalidated) > 4 * self._max:
+            self._invalidated.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

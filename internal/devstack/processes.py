@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,21 +106,30 @@ class ServerProcess:
         self.process.wait()
 
 
-def redis_server(data_dir: Path, port: int | None = None) -> ServerProcess:
-    """A redis-server configured as the service expects (see internal/cache)."""
+def redis_server(
+    data_dir: Path, port: int | None = None, *, cpus: str | None = None, options: Mapping[str, str] | None = None
+) -> ServerProcess:
+    """A redis-server configured as the service expects (see internal/cache/keys.py):
+    256 MB evicting only keys with a TTL, unless `options` say otherwise. `cpus`
+    pins it (taskset)."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        find_tool("redis-server"),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir),
-        "--save", "",
-        "--appendonly", "no",
-        "--maxmemory", "256mb",
-        "--maxmemory-policy", "volatile-lru",
-    ]  # fmt: skip
+    settings = {
+        "port": str(port),
+        "bind": "127.0.0.1",
+        "dir": str(data_dir),
+        "save": "",
+        "appendonly": "no",
+        "maxmemory": "256mb",
+        "maxmemory-policy": "volatile-lru",
+        **(options or {}),
+    }
+    argv = [*_pinned(cpus), find_tool("redis-server"), *(word for k, v in settings.items() for word in (f"--{k}", v))]
     return ServerProcess("redis-server", port, argv, data_dir / "redis.log")
+
+
+def _pinned(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus else []
 
 
 @dataclass
@@ -169,11 +178,12 @@ _FERRETDB_COLLECTIONS = "_ferretdb_collections"
 _FERRETDB_ID_EXPRESSION = "_ferretdb_sjson->'$._id'"
 
 
-def ferretdb_server(data_dir: Path, port: int | None = None) -> FerretDBProcess:
-    """FerretDB (MongoDB wire protocol) on SQLite files in `data_dir`."""
+def ferretdb_server(data_dir: Path, port: int | None = None, *, cpus: str | None = None) -> FerretDBProcess:
+    """FerretDB (MongoDB wire protocol) on SQLite files in `data_dir`; `cpus` pins it (taskset)."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
+        *_pinned(cpus),
         find_tool("ferretdb"),
         "--handler=sqlite",
         f"--sqlite-url=file:{data_dir}/",

@@ -1,4 +1,5 @@
-"""MongoStore: the `Store` interface on MongoDB (or a MongoDB-compatible server).
+"""MongoStore: the `Store` port on MongoDB (or a MongoDB-compatible server),
+with pymongo's asyncio client.
 
 Only the commands that both MongoDB and FerretDB implement are used:
 find, findAndModify (upsert, no projection), createIndexes, bulk writes.
@@ -13,26 +14,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pymongo
 from bson import ObjectId
-from pymongo import ReturnDocument
-from pymongo.errors import (
-    ConnectionFailure,
-    DuplicateKeyError,
-    PyMongoError,
-    ServerSelectionTimeoutError,
-)
+from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
 from pymongo.write_concern import WriteConcern
 
 from movieservice.breaker import CircuitBreaker
-from movieservice.metrics import BREAKER_STATE, DEPENDENCY_ERRORS, DEPENDENCY_SECONDS
-from movieservice.proto.movies.v1.movies_pb2 import Movie, Theater
-from movieservice.service.ports import (
+from movieservice.core.ports import (
     CacheRepair,
     DependencyError,
     StoredMovie,
@@ -40,6 +34,8 @@ from movieservice.service.ports import (
     StoreUnavailable,
     UpsertOutcome,
 )
+from movieservice.metrics import DependencyMetrics
+from movieservice.proto.movies.v1.movies_pb2 import Movie, Theater
 from movieservice.store.mapping import (
     MOVIE_FIELDS,
     VERSION_FIELD,
@@ -56,6 +52,9 @@ THEATERS = "theaters"
 # Movies whose latest write could not be applied to the cache (see Store.record_cache_repair).
 CACHE_REPAIRS = "cache_repairs"
 WRITE_CONCERN = WriteConcern(w="majority", j=True)
+OPERATIONS = (
+    "get", "get_many", "upsert", "ratings", "theaters", "ping", "record_repair", "repairs", "clear_repair", "seed",
+)  # fmt: skip
 
 
 class MongoStore:
@@ -63,12 +62,13 @@ class MongoStore:
         self,
         url: str,
         database: str,
+        metrics: DependencyMetrics,
         *,
         selection_timeout_seconds: float = 2.0,
         app_name: str = "movieservice",
         event_listeners: Sequence[Any] = (),
     ) -> None:
-        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
             appname=app_name,
             serverSelectionTimeoutMS=int(selection_timeout_seconds * 1000),
@@ -81,6 +81,8 @@ class MongoStore:
         self._theaters = db.get_collection(THEATERS)
         self._repairs = db.get_collection(CACHE_REPAIRS, write_concern=WRITE_CONCERN)
         self._db = db
+        self._metrics = metrics
+        self._latency = {op: metrics.latency("mongodb", op) for op in OPERATIONS}
         # After 3 consecutive "unavailable" errors, fail at once for a second
         # instead of making every call wait for server selection.
         self._breaker = CircuitBreaker(
@@ -89,23 +91,22 @@ class MongoStore:
             reset_seconds=1.0,
             probe=self._ping_server,
             close_on_success=True,
-            on_change=lambda name, state: BREAKER_STATE.labels(name).set(int(state)),
+            on_change=metrics.breaker_state,
         )
-        BREAKER_STATE.labels("mongodb").set(0)
 
-    def get_movie(self, movie_id: str, timeout: float) -> StoredMovie | None:
-        with self._call("get", timeout):
-            doc = self._movies.find_one({"_id": ObjectId(movie_id)})
+    async def get_movie(self, movie_id: str, timeout: float) -> StoredMovie | None:
+        async with self._call("get", timeout):
+            doc = await self._movies.find_one({"_id": ObjectId(movie_id)})
         return None if doc is None else _stored(doc)
 
-    def get_movies(self, movie_ids: Sequence[str], timeout: float) -> dict[str, StoredMovie]:
+    async def get_movies(self, movie_ids: Sequence[str], timeout: float) -> dict[str, StoredMovie]:
         if not movie_ids:
             return {}
-        with self._call("get_many", timeout):
-            docs = list(self._movies.find({"_id": {"$in": [ObjectId(i) for i in movie_ids]}}))
+        async with self._call("get_many", timeout):
+            docs = await self._movies.find({"_id": {"$in": [ObjectId(i) for i in movie_ids]}}).to_list()
         return {str(doc["_id"]): _stored(doc) for doc in docs}
 
-    def upsert_movie(self, movie: Movie, timeout: float) -> UpsertOutcome:
+    async def upsert_movie(self, movie: Movie, timeout: float) -> UpsertOutcome:
         movie_id = ObjectId(movie.id) if movie.id else ObjectId()
         fields = movie_to_document(movie)
         fields["lastupdated"] = format_lastupdated(datetime.now(UTC))
@@ -113,65 +114,66 @@ class MongoStore:
         removed = {name: "" for name in MOVIE_FIELDS if name not in fields}
         if removed:
             update["$unset"] = removed
-        with self._call("upsert", timeout):
+        async with self._call("upsert", timeout):
             try:
-                before = self._find_and_upsert(movie_id, update)
+                before = await self._find_and_upsert(movie_id, update)
             except DuplicateKeyError:
                 # Two upserts creating the same id raced; the loser updates.
-                before = self._find_and_upsert(movie_id, update)
+                before = await self._find_and_upsert(movie_id, update)
         version = int(before.get(VERSION_FIELD, 0)) + 1 if before else 1
         stored = {"_id": movie_id, **fields, VERSION_FIELD: version}
         return UpsertOutcome(stored=_stored(stored), created=before is None)
 
-    def _find_and_upsert(self, movie_id: ObjectId, update: Mapping[str, Any]) -> dict[str, Any] | None:
-        return self._movies.find_one_and_update(
+    async def _find_and_upsert(self, movie_id: ObjectId, update: Mapping[str, Any]) -> dict[str, Any] | None:
+        return await self._movies.find_one_and_update(
             {"_id": movie_id}, update, upsert=True, return_document=ReturnDocument.BEFORE
         )
 
-    def movie_ratings(self, timeout: float) -> list[StoredMovie]:
+    async def movie_ratings(self, timeout: float) -> list[StoredMovie]:
         projection = {"imdb": 1, "genres": 1, VERSION_FIELD: 1}
-        with self._call("ratings", timeout):
-            docs = list(self._movies.find({}, projection))
+        async with self._call("ratings", timeout):
+            docs = await self._movies.find({}, projection).to_list()
         return [_stored(doc) for doc in docs]
 
-    def theaters(self, timeout: float) -> list[Theater]:
-        with self._call("theaters", timeout):
-            docs = list(self._theaters.find({}))
+    async def theaters(self, timeout: float) -> list[Theater]:
+        async with self._call("theaters", timeout):
+            docs = await self._theaters.find({}).to_list()
         return [document_to_theater(doc) for doc in docs]
 
-    def ping(self, timeout: float) -> None:
-        with self._call("ping", timeout):
-            self._db.command("ping")
+    async def ping(self, timeout: float) -> None:
+        async with self._call("ping", timeout):
+            await self._db.command("ping")
 
-    def close(self) -> None:
-        self._client.close()
+    async def close(self) -> None:
+        await self._breaker.close()
+        await self._client.close()
 
     # Cache repairs: a durable to-do list shared by every server process.
 
-    def record_cache_repair(self, movie_id: str, timeout: float) -> None:
-        with self._call("record_repair", timeout):
-            self._repairs.update_one(
+    async def record_cache_repair(self, movie_id: str, timeout: float) -> None:
+        async with self._call("record_repair", timeout):
+            await self._repairs.update_one(
                 {"_id": movie_id}, {"$set": {"at": datetime.now(UTC)}, "$inc": {"n": 1}}, upsert=True
             )
 
-    def cache_repairs(self, timeout: float) -> list[CacheRepair]:
-        with self._call("repairs", timeout):
-            docs = list(self._repairs.find({}).limit(1000))
+    async def cache_repairs(self, timeout: float) -> list[CacheRepair]:
+        async with self._call("repairs", timeout):
+            docs = await self._repairs.find({}).limit(1000).to_list()
         return [CacheRepair(movie_id=doc["_id"], count=int(doc.get("n", 0))) for doc in docs]
 
-    def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
-        with self._call("clear_repair", timeout):
-            self._repairs.delete_one({"_id": repair.movie_id, "n": repair.count})
+    async def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
+        async with self._call("clear_repair", timeout):
+            await self._repairs.delete_one({"_id": repair.movie_id, "n": repair.count})
 
-    @contextmanager
-    def _call(self, operation: str, seconds: float) -> Iterator[None]:
+    @asynccontextmanager
+    async def _call(self, operation: str, seconds: float) -> AsyncIterator[None]:
         """Bound the operations inside by `seconds`, time them, translate driver errors.
 
         A server that cannot be selected (down, unreachable) is StoreUnavailable
         even when selection gave up because the deadline ran out.
         """
         if not self._breaker.allow():
-            DEPENDENCY_ERRORS.labels("mongodb", "circuit_open").inc()
+            self._metrics.error("mongodb", "circuit_open")
             raise StoreUnavailable("MongoDB is unavailable")
         started = time.perf_counter()
         started_at = self._breaker.now()
@@ -185,57 +187,64 @@ class MongoStore:
             raise
         except PyMongoError as error:
             if error.timeout:
-                DEPENDENCY_ERRORS.labels("mongodb", "timeout").inc()
+                self._metrics.error("mongodb", "timeout")
                 raise StoreTimeout("MongoDB did not answer before the deadline") from error
             if isinstance(error, ConnectionFailure):
                 self._failed("unavailable", started_at)
                 raise StoreUnavailable("MongoDB is unavailable") from error
-            DEPENDENCY_ERRORS.labels("mongodb", "error").inc()
+            self._metrics.error("mongodb", "error")
             raise
         finally:
             # Failed operations are timed too: a dependency that is timing out
             # shows as high latency, not only as errors.
-            DEPENDENCY_SECONDS.labels("mongodb", operation).observe(time.perf_counter() - started)
+            self._latency[operation].observe(time.perf_counter() - started)
         self._breaker.success()
 
-    def _ping_server(self) -> None:
+    async def _ping_server(self) -> None:
         with pymongo.timeout(2):
-            self._db.command("ping")
+            await self._db.command("ping")
 
     def _failed(self, kind: str, started_at: float) -> None:
         self._breaker.failure(started_at)
-        DEPENDENCY_ERRORS.labels("mongodb", kind).inc()
+        self._metrics.error("mongodb", kind)
 
-    # Used by `movieservice seed`, not by the service.
-    def insert_missing(self, collection: str, docs: Sequence[dict[str, Any]]) -> int:
+    # Used by `movieservice seed` and the local stack, not by the service.
+
+    async def insert_missing(self, collection: str, docs: Sequence[dict[str, Any]]) -> int:
         """Insert the `docs` whose `_id` is not in `collection` yet; returns how many.
 
         Bulk inserts rather than upserts: on FerretDB a bulk of replace-upserts
         looks each document up by `_id` (0.5 ms each with the index the local
-        stack adds, see internal/devstack; tens of ms without), an insert 0.04 ms.
+        stack adds, see movieservice.devstack; tens of ms without), an insert 0.04 ms.
         """
         target = self._db.get_collection(collection)
-        with self._call("seed", 300):
-            existing = {doc["_id"] for doc in target.find({"_id": {"$in": [d["_id"] for d in docs]}}, {"_id": 1})}
+        async with self._call("seed", 300):
+            cursor = target.find({"_id": {"$in": [d["_id"] for d in docs]}}, {"_id": 1})
+            existing = {doc["_id"] async for doc in cursor}
             new = [doc for doc in docs if doc["_id"] not in existing]
             if new:
-                target.insert_many(new, ordered=False)
+                await target.insert_many(new, ordered=False)
         return len(new)
 
-    def replace_documents(self, collection: str, docs: Sequence[dict[str, Any]]) -> None:
+    async def replace_documents(self, collection: str, docs: Sequence[dict[str, Any]]) -> None:
         """Insert or replace each of `docs` by `_id`."""
         target = self._db.get_collection(collection)
-        with self._call("seed", 300):
+        async with self._call("seed", 300):
             for doc in docs:
-                target.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+                await target.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
-    def ensure_indexes(self) -> None:
-        with self._call("seed", 60):
-            self._theaters.create_index("theaterId", unique=True)
+    async def ensure_indexes(self) -> None:
+        async with self._call("seed", 60):
+            await self._theaters.create_index("theaterId", unique=True)
 
-    def count(self, collection: str) -> int:
-        with self._call("seed", 60):
-            return self._db.get_collection(collection).count_documents({})
+    async def count(self, collection: str) -> int:
+        async with self._call("seed", 60):
+            return await self._db.get_collection(collection).count_documents({})
+
+    async def movie_ids(self) -> list[str]:
+        """Every movie id, sorted (for tests, the benchmark and the load tests)."""
+        async with self._call("seed", 120):
+            return sorted([str(doc["_id"]) async for doc in self._movies.find({}, {"_id": 1})])
 
 
 def _stored(doc: Mapping[str, Any]) -> StoredMovie:

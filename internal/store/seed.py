@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 from collections.abc import Iterable, Iterator
 from datetime import UTC
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any
 from bson import json_util
 from bson.json_util import JSONOptions
 
+from movieservice.store import synthetic as generator
 from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
+
+log = logging.getLogger(__name__)
 
 EJSON_OPTIONS = JSONOptions(tz_aware=True, tzinfo=UTC)
 COLLECTIONS = (MOVIES, THEATERS)
@@ -60,7 +64,7 @@ def find_exports(directory: Path) -> dict[str, Path]:
     return found
 
 
-def load(
+async def load(
     store: MongoStore, collection: str, docs: Iterable[dict[str, Any]], *, replace: bool = False
 ) -> tuple[int, int]:
     """Insert the documents not in `collection` yet (all of them with `replace`).
@@ -72,11 +76,45 @@ def load(
     for batch in _batches(docs):
         total += len(batch)
         if replace:
-            store.replace_documents(collection, batch)
+            await store.replace_documents(collection, batch)
             written += len(batch)
         else:
-            written += store.insert_missing(collection, batch)
+            written += await store.insert_missing(collection, batch)
     return total, written
+
+
+class NoExports(ValueError):
+    """A directory holds no movies or theaters export."""
+
+
+async def seed(
+    store: MongoStore,
+    *,
+    source: Path | None = None,
+    synthetic: int | None = None,
+    theaters: int | None = None,
+    random_seed: int = 1,
+    replace: bool = False,
+) -> None:
+    """Load the exports in `source`, and/or `synthetic` generated movies (with
+    `theaters` theaters, by default as many as movies up to all 1,564), then
+    make the indexes the service needs. NoExports when `source` has none."""
+    if source is not None:
+        exports = find_exports(source)
+        if not exports:
+            raise NoExports(f"no movies or theaters export found in {source}")
+        for collection, path in exports.items():
+            total, written = await load(store, collection, read_file(path), replace=replace)
+            log.info("seeded %s from %s: %d documents, %d written", collection, path, total, written)
+    if synthetic is not None:
+        movies = parse_documents(generator.movie_lines(synthetic, seed=random_seed))
+        total, written = await load(store, MOVIES, movies, replace=replace)
+        log.info("seeded %d synthetic movies, %d written", total, written)
+        count = theaters if theaters is not None else min(max(synthetic, 1), generator.MAX_THEATERS)
+        places = parse_documents(generator.theater_lines(count, seed=random_seed))
+        total, written = await load(store, THEATERS, places, replace=replace)
+        log.info("seeded %d synthetic theaters, %d written", total, written)
+    await store.ensure_indexes()
 
 
 def _batches(docs: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -114,6 +114,10 @@ def _movie(rng: random.Random) -> dict[str, Any]:
     return doc
 
 
+# As many theaters as the real collection has.
+MAX_THEATERS = 1564
+
+
 def theater_lines(count: int, seed: int = 1) -> Iterator[str]:
     rng = random.Random(seed + 7919)
     weights = [region[4] for region in REGIONS]

@@ -1,48 +1,27 @@
 """A private stack for fault tests: its own redis-server and FerretDB (which a
-test may kill, pause or restart), fault proxies, and several server processes."""
+test may kill, pause or restart), a fault proxy before FerretDB, and several
+server processes, all started by the project's harness (movieservice.devstack)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from movieservice.devstack.processes import (
-    FerretDBProcess,
-    ServerProcess,
-    ferretdb_server,
-    free_port,
-    redis_server,
-    wait_for_port,
-)
-from movieservice.store import seed, synthetic
-from movieservice.store.mongo import MOVIES, THEATERS, MongoStore
+from movieservice.devstack.processes import FerretDBProcess, ServerProcess, ferretdb_server, redis_server
+from movieservice.devstack.stack import MOVIESERVICE, ServiceProcess, seed_database, spawn
 from tests.support.proxy import FaultProxy, MongoWireTap
 
-VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 DATABASE = "stack"
 AUTH_TOKEN = "stack-token"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class ServiceProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def variant(*args: str) -> list[str]:
+    """The argv of a server process with a test-only cache (tests/support/variants.py)."""
+    return [sys.executable, "-m", "tests.support.variants", *args]
 
 
 @dataclass
@@ -57,12 +36,7 @@ class Stack:
         self.redis = redis_server(self.directory / "redis").start()
         self.mongo = ferretdb_server(self.directory / "ferretdb").start()
         self.mongo_proxy = FaultProxy(self.mongo.port, tap=MongoWireTap())
-        store = MongoStore(self.mongo_url, DATABASE)
-        try:
-            seed.load(store, MOVIES, seed.parse_documents(synthetic.movie_lines(movies, seed=11)))
-            seed.load(store, THEATERS, seed.parse_documents(synthetic.theater_lines(50, seed=11)))
-        finally:
-            store.close()
+        seed_database(self.mongo_url, DATABASE, synthetic=movies, theaters=50, random_seed=11)
         self.mongo.index_ids()
         return self
 
@@ -70,34 +44,25 @@ class Stack:
     def mongo_url(self) -> str:
         return f"mongodb://127.0.0.1:{self.mongo.port}/"
 
-    def serve(self, count: int = 2, **env: str) -> list[ServiceProcess]:
+    def serve(
+        self, count: int = 2, argv: Sequence[str] = (str(MOVIESERVICE), "serve"), **env: str
+    ) -> list[ServiceProcess]:
         """Start `count` server processes; MongoDB through the proxy, Redis direct."""
-        for _ in range(count):
-            port = free_port()
-            log = self.directory / f"service-{len(self.services)}.log"
-            environment = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "GRPC"))}
-            environment |= {
-                "MONGO_URL": f"mongodb://{self.mongo_proxy.url_host}/",
-                "MONGO_DB": DATABASE,
-                "REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
-                "GRPC_HOST": "127.0.0.1",
-                "GRPC_PORT": str(port),
-                "GRPC_THREADS": "32",
-                "AUTH_TOKEN": AUTH_TOKEN,
-                "METRICS_PORT": "0",
-                "GRACE_PERIOD_SECONDS": "2",
-            } | env
-            with open(log, "wb") as out:
-                process = subprocess.Popen(
-                    [str(VENV_BIN / "movieservice"), "serve"],
-                    env=environment,
-                    cwd=self.directory,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            wait_for_port(port, 30, process)  # type: ignore[arg-type]
-            self.services.append(ServiceProcess(process, port, log))
-        return self.services[-count:]
+        prefixes = ("MONGO", "REDIS", "GRPC", "AUTH", "METRICS")
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+        environment |= {
+            "MONGO_URL": f"mongodb://{self.mongo_proxy.url_host}/",
+            "MONGO_DB": DATABASE,
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+            "AUTH_TOKEN": AUTH_TOKEN,
+            "METRICS_PORT": "0",
+            "GRACE_PERIOD_SECONDS": "2",
+            # The test-only server variants import `tests`.
+            "PYTHONPATH": str(PROJECT_ROOT),
+        } | env
+        started = [spawn(environment, self.directory, argv=argv, name="service") for _ in range(count)]
+        self.services += started
+        return started
 
     def restart_redis(self) -> None:
         """Kill redis-server (no persistence: its data is gone) and start it on the same port."""
@@ -112,7 +77,7 @@ class Stack:
 
     def close(self) -> None:
         for service in self.services:
-            service.stop()
+            service.stop(15)
         self.mongo_proxy.close()
         self.redis.stop()
         self.mongo.stop()

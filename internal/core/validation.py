@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from movieservice.core.errors import Violation
 from movieservice.proto.movies.v1.movies_pb2 import Movie
 
-OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+# Matched against the whole string (fullmatch): "$" would let a trailing newline through.
+OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 MIN_YEAR, MAX_YEAR = 1870, 2100
 MAX_TEXT = 20_000
 MAX_LIST = 1_000
@@ -31,28 +32,20 @@ _MIN_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
 _MAX_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
 
 
-@dataclass(frozen=True)
-class Violation:
-    field: str
-    description: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.description}"
-
-
 def check_movie_id(field: str, value: str) -> list[Violation]:
     if not value:
         return [Violation(field, "is required")]
-    if not OBJECT_ID.match(value):
+    if not OBJECT_ID.fullmatch(value):
         return [Violation(field, "must be 24 hexadecimal digits (a MongoDB ObjectId)")]
     return []
 
 
-def check_upsert(movie: Movie, has_movie: bool) -> list[Violation]:
-    if not has_movie:
+def check_upsert(movie: Movie | None) -> list[Violation]:
+    """The problems of an Upsert's movie (None: the request had none)."""
+    if movie is None:
         return [Violation("movie", "is required")]
     problems: list[Violation] = []
-    if movie.id and not OBJECT_ID.match(movie.id):
+    if movie.id and not OBJECT_ID.fullmatch(movie.id):
         problems.append(Violation("movie.id", "must be empty (to create) or 24 hexadecimal digits"))
     if not movie.title.strip():
         problems.append(Violation("movie.title", "is required"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from movieservice.service.ports import RankEntry, StoredMovie
+from movieservice.core.ports import RankEntry, StoredMovie
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A cached Movie or Theater is already a serialized protobuf; a response that
 holds it is that message's field tag, its length and the bytes, so responses
 are assembled without parsing and re-serializing what the cache returned.
-(Field numbers are those of proto/movies/v1/movies.proto.)
+(Field numbers are those of proto/movies/v1/movies.proto.) Transport code:
+the use cases hand over the cached bytes, the servicer frames them.
 
 These run on every TopRated and Nearby call, so they avoid a function call per
 field: tags are constants and the common lengths are spelled out.
@@ -12,6 +13,7 @@ field: tags are constants and the common lengths are spelled out.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 _DOUBLE = struct.Struct("<d")
 _ZERO_DOUBLE = _DOUBLE.pack(0.0)
@@ -52,7 +54,7 @@ def top_rated_response(movies: list[bytes], next_page_token: str) -> bytes:
     return b"".join(parts)
 
 
-def nearby_response(theaters: list[tuple[bytes, float]]) -> bytes:
+def nearby_response(theaters: Sequence[tuple[bytes, float]]) -> bytes:
     """NearbyResponse{theaters: [NearbyTheater{theater, distance_km}]}."""
     parts = []
     for theater, km in theaters:

@@ -1,13 +1,15 @@
-"""The interfaces the service needs from a cache and a store, and their errors.
+"""The ports: what the use cases need from a cache and a store, and their errors.
 
-`internal/cache` implements `Cache` with Redis and `internal/store` implements
-`Store` with MongoDB; the service knows neither.
+`movieservice.cache` implements `Cache` with Redis and `movieservice.store`
+implements `Store` with MongoDB; the use cases know neither. Every method
+that talks to a server is a coroutine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, Protocol
 
 from movieservice.proto.movies.v1.movies_pb2 import Movie, Theater
@@ -39,6 +41,11 @@ class StoredMovie:
 
     movie: Movie
     version: int
+
+    @cached_property
+    def data(self) -> bytes:
+        """The serialized Movie (computed once)."""
+        return self.movie.SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -106,66 +113,62 @@ class CacheRepair:
 class Store(Protocol):
     """The source of truth. Every call takes a timeout in seconds."""
 
-    def get_movie(self, movie_id: str, timeout: float) -> StoredMovie | None: ...
+    async def get_movie(self, movie_id: str, timeout: float) -> StoredMovie | None: ...
 
-    def get_movies(self, movie_ids: Sequence[str], timeout: float) -> dict[str, StoredMovie]: ...
+    async def get_movies(self, movie_ids: Sequence[str], timeout: float) -> dict[str, StoredMovie]: ...
 
-    def upsert_movie(self, movie: Movie, timeout: float) -> UpsertOutcome:
+    async def upsert_movie(self, movie: Movie, timeout: float) -> UpsertOutcome:
         """Create or replace `movie` (a new id when `movie.id` is empty).
 
         The store sets the output-only `lastupdated` and ignores `year_text`.
         """
         ...
 
-    def movie_ratings(self, timeout: float) -> list[StoredMovie]:
+    async def movie_ratings(self, timeout: float) -> list[StoredMovie]:
         """Every movie with only its id, `imdb` and `genres` filled in."""
         ...
 
-    def theaters(self, timeout: float) -> list[Theater]: ...
+    async def theaters(self, timeout: float) -> list[Theater]: ...
 
-    def record_cache_repair(self, movie_id: str, timeout: float) -> None:
+    async def record_cache_repair(self, movie_id: str, timeout: float) -> None:
         """Remember durably that the cached copy of `movie_id` may be outdated."""
         ...
 
-    def cache_repairs(self, timeout: float) -> list[CacheRepair]: ...
+    async def cache_repairs(self, timeout: float) -> list[CacheRepair]: ...
 
-    def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
+    async def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
         """Forget `repair`, unless it was recorded again since it was read."""
         ...
 
-    def ping(self, timeout: float) -> None: ...
+    async def ping(self, timeout: float) -> None: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class Cache(Protocol):
     """A fast, possibly incomplete copy of the store, plus derived indexes."""
 
-    def get_movie(self, movie_id: str) -> CachedMovie | None:
+    async def get_movie(self, movie_id: str) -> CachedMovie | None:
         """The cached movie, or None on a miss."""
-        ...
-
-    def get_movies(self, movie_ids: Sequence[str]) -> list[bytes | None]:
-        """Serialized movies in the order asked; None where not cached."""
         ...
 
     def recovery_epoch(self) -> int:
         """Changes each time the cache comes back after an outage; take it before a store read."""
         ...
 
-    def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
+    async def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
         """Cache what the store returned (None: the movie does not exist), unless a
         newer version is already known or the cache recovered from an outage since
         `read_epoch` was taken; True if written. `load_seconds` is how long the
         store read took (it paces early refreshes)."""
         ...
 
-    def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
+    async def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
         """After a store write: replace the cached copy and its index entries,
         unless a newer version is already there."""
         ...
 
-    def set_recovery_hook(self, hook: Callable[[], object]) -> None:
+    def set_recovery_hook(self, hook: Callable[[], Awaitable[object]]) -> None:
         """Run `hook` (and require it to succeed) before using the cache again after an outage."""
         ...
 
@@ -173,31 +176,65 @@ class Cache(Protocol):
         """False while calls would fail fast (the circuit breaker is open)."""
         ...
 
-    def top_page(self, genre: str, after: TopCursor | None, limit: int) -> list[RankedId] | None:
+    async def top_page(self, genre: str, after: TopCursor | None, limit: int) -> list[RankedId] | None:
         """Best first, with the cached movies; None when the index has to be (re)built first."""
         ...
 
-    def top_index_ready(self) -> bool: ...
+    async def top_index_ready(self) -> bool: ...
 
-    def rebuild_top_index(self, load_entries: Callable[[], Iterable[RankEntry]]) -> int:
-        """Replace the TopRated indexes with `load_entries()`, called after the old
-        ones are gone; returns how many entries it applied."""
+    async def rebuild_top_index(self, load_entries: Callable[[], Awaitable[Iterable[RankEntry]]]) -> int:
+        """Replace the TopRated indexes with `await load_entries()`, called after the
+        old ones are gone; returns how many entries it applied."""
         ...
 
-    def theaters_near(
+    async def theaters_near(
         self, latitude: float, longitude: float, radius_km: float, count: int
     ) -> list[TheaterCandidate] | None:
         """Up to `count` theaters, nearest first; None when the index is missing."""
         ...
 
-    def rebuild_geo_index(self, theaters: Sequence[Theater]) -> None: ...
+    async def geo_index_ready(self) -> bool: ...
 
-    def try_lock(self, name: str, ttl_seconds: float) -> str | None:
+    async def rebuild_geo_index(self, theaters: Sequence[Theater]) -> None: ...
+
+    async def try_lock(self, name: str, ttl_seconds: float) -> str | None:
         """A token if this caller now holds the lock `name`, else None."""
         ...
 
-    def unlock(self, name: str, token: str) -> None: ...
+    async def unlock(self, name: str, token: str) -> None: ...
 
-    def ping(self) -> None: ...
+    async def ping(self) -> None: ...
 
-    def close(self) -> None: ...
+    async def start(self) -> None:
+        """Start what the cache runs in the background (its near cache's invalidations)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ServiceEvents(Protocol):
+    """What the use cases report as they work (counted by `movieservice.metrics`)."""
+
+    def cache_lookup(self, cache: str, result: str) -> None:
+        """cache: movie, top_rated, geo; result: hit, miss, negative_hit, error."""
+        ...
+
+    def coalesced(self, how: str) -> None:
+        """A miss that waited for another caller's read: in_process or lease."""
+        ...
+
+    def early_refresh(self) -> None: ...
+
+    def fallback(self, rpc: str) -> None:
+        """A read answered from the store because the cache was unavailable."""
+        ...
+
+    def cache_repair(self, result: str) -> None:
+        """recorded or applied."""
+        ...
+
+    def index_rebuilt(self, index: str) -> None: ...
+
+    def fill_lag(self, seconds: float) -> None:
+        """From answering a miss to the movie being in the cache."""
+        ...

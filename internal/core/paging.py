@@ -12,7 +12,7 @@ import binascii
 import json
 import math
 
-from movieservice.service.ports import TopCursor
+from movieservice.core.ports import TopCursor
 
 
 class InvalidPageToken(ValueError):
@@ -24,12 +24,18 @@ def encode_page_token(genre: str, cursor: TopCursor) -> str:
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
+# A token this service issues is under 200 characters.
+MAX_TOKEN_LENGTH = 1024
+
+
 def decode_page_token(token: str, genre: str) -> TopCursor:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidPageToken("page_token is not a token this service issued")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
         score, movie_id, token_genre = payload["s"], payload["id"], payload["g"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError, OverflowError):
         raise InvalidPageToken("page_token is not a token this service issued") from None
     if not isinstance(score, (int, float)) or not math.isfinite(score) or not isinstance(movie_id, str):
         raise InvalidPageToken("page_token is not a token this service issued")

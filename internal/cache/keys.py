@@ -1,0 +1,54 @@
+"""The Redis key schema, in one place. Every key starts with a configurable
+prefix (REDIS_KEY_PREFIX, default "movieservice:").
+
+  movie:<id>           hash {v: version, b: serialized Movie, e: expiry (ms since
+                       the epoch), d: how long the store read took (ms)}, with a
+                       TTL; no "b" and v = -1 for a movie known not to exist
+  top:version          hash id -> last version applied to the indexes (no TTL):
+                       the fences that keep an older fill from landing
+  top:genres           hash id -> the genres (lowercase, "\\n"-separated) it is indexed under
+  top:all              sorted set of ranked movies, score = -rank score (best first)
+  top:genre:<genre>    the same, per lowercase genre
+  top:ready            the ranking tag the indexes were built with
+  geo:theaters         GEO set of theater ids
+  geo:theater          hash id -> exact coordinates + serialized Theater
+  geo:ready            the format geo:theater was built in, once both keys are complete
+  lock:<name>          short-lived locks (index rebuilds, fill leases)
+
+Index keys have no TTL: run Redis with `maxmemory-policy volatile-lru` (or
+volatile-lfu) so that only movie copies are evicted under memory pressure.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.movie_prefix = prefix + "movie:"
+        self.top_version = prefix + "top:version"
+        self.top_genres = prefix + "top:genres"
+        self.top_all = prefix + "top:all"
+        self.top_genre_prefix = prefix + "top:genre:"
+        self.top_ready = prefix + "top:ready"
+        self.geo = prefix + "geo:theaters"
+        self.geo_details = prefix + "geo:theater"
+        self.geo_ready = prefix + "geo:ready"
+
+    def movie(self, movie_id: str) -> str:
+        return self.movie_prefix + movie_id
+
+    def movie_id(self, key: str | bytes) -> str:
+        """The id in a movie key (as Redis' invalidation messages name them)."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text.removeprefix(self.movie_prefix)
+
+    def top_genre(self, genre: str) -> str:
+        return self.top_genre_prefix + genre
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"
+
+    def top_indexes(self) -> list[str]:
+        """The TopRated keys with fixed names (the per-genre sets are found by SCAN)."""
+        return [self.top_ready, self.top_version, self.top_genres, self.top_all]

@@ -1,0 +1,100 @@
+"""The use cases wired to one cache and one store, and the work they share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from movieservice.core.background import Background
+from movieservice.core.indexes import Indexes
+from movieservice.core.nearby import NearbyTheaters
+from movieservice.core.ports import Cache, ServiceEvents, Store
+from movieservice.core.ranking import Ranking
+from movieservice.core.reads import MovieReads
+from movieservice.core.top_rated import TopRatedPages
+from movieservice.core.writes import CacheRepairs, MovieWrites, Writers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """Tuning of the use cases (what an operator can set comes from Settings)."""
+
+    writer_tokens: Sequence[str] = ()
+    ranking: Ranking = field(default_factory=Ranking)
+    # Longest a background store call (early refresh, repair) may take.
+    background_timeout_seconds: float = 5.0
+    # How long other processes wait for the process that holds a movie's fill lease.
+    fill_lease_seconds: float = 2.0
+    repair_interval_seconds: float = 1.0
+
+
+@dataclass
+class MovieService:
+    """Get (`reads`), Upsert (`writes`), TopRated (`top_rated`) and Nearby
+    (`nearby`), with the index keeper, the repair loop and the background work
+    they share. `start()` begins the background loops; `close()` ends them."""
+
+    reads: MovieReads
+    writes: MovieWrites
+    top_rated: TopRatedPages
+    nearby: NearbyTheaters
+    indexes: Indexes
+    repairs: CacheRepairs
+    background: Background
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _loops: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls, cache: Cache, store: Store, events: ServiceEvents, options: ServiceOptions = ServiceOptions()
+    ) -> MovieService:
+        background = Background()
+        ranking = options.ranking
+        reads = MovieReads(
+            cache,
+            store,
+            events,
+            background,
+            fill_lease_seconds=options.fill_lease_seconds,
+            refresh_timeout_seconds=options.background_timeout_seconds,
+        )
+        indexes = Indexes(cache, store, events, ranking)
+        repairs = CacheRepairs(
+            cache,
+            store,
+            events,
+            ranking,
+            interval_seconds=options.repair_interval_seconds,
+            timeout_seconds=options.background_timeout_seconds,
+        )
+        # Before the cache is trusted again after an outage, the writes it missed are applied.
+        cache.set_recovery_hook(repairs.apply)
+        return cls(
+            reads=reads,
+            writes=MovieWrites(cache, store, ranking, Writers(options.writer_tokens), repairs, background),
+            top_rated=TopRatedPages(cache, store, events, ranking, reads, indexes, background),
+            nearby=NearbyTheaters(cache, store, events, indexes, background),
+            indexes=indexes,
+            repairs=repairs,
+            background=background,
+        )
+
+    def start(self, *, warm_up: bool = True) -> None:
+        """Start the repair loop and (unless told not to) build missing indexes."""
+        self._loops.append(asyncio.ensure_future(self.repairs.run(self._stop)))
+        if warm_up:
+            self.background.spawn(self.indexes.warm_up())
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop the repair loop and wait (up to `timeout`) for background work."""
+        self._stop.set()
+        self.repairs.wake()
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=timeout)
+            for loop in self._loops:
+                loop.cancel()
+        await self.background.drain(timeout)

@@ -1,0 +1,173 @@
+"""Upsert: write-through, and the repairs that keep it honest when the cache is down.
+
+The store (the source of truth) takes the write first; then the cache, before
+the call returns. When the cache cannot take it, a durable repair is recorded
+in the store before the write is acknowledged, and every server process
+applies such repairs before it trusts its cache again (`CacheRepairs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Sequence
+
+from movieservice.core.background import Background
+from movieservice.core.deadline import Deadline
+from movieservice.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from movieservice.core.ports import Cache, CacheUnavailable, DependencyError, ServiceEvents, Store, UpsertOutcome
+from movieservice.core.ranking import Ranking
+from movieservice.core.store_calls import store_errors
+from movieservice.core.validation import check_upsert
+from movieservice.proto.movies.v1.movies_pb2 import Movie
+
+log = logging.getLogger(__name__)
+
+_REPAIR_RETRY_SECONDS = 0.1
+
+
+class Writers:
+    """Who may write: the holders of a bearer token (none configured: nobody)."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self._tokens = [token.encode() for token in tokens if token]
+
+    def check(self, authorization: str | None) -> None:
+        """`authorization` is the request's "Bearer <token>" credential, if any.
+
+        PermissionDenied when writes are disabled, Unauthenticated when the
+        credential is missing or not one of the tokens (compared in constant time).
+        """
+        if not self._tokens:
+            raise PermissionDenied("writes are disabled: the server has no AUTH_TOKEN")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("Upsert needs the metadata 'authorization: Bearer <token>'")
+        given = token.strip().encode()
+        # Every token is compared, so the time taken does not tell which one matched.
+        if not sum(hmac.compare_digest(given, known) for known in self._tokens):
+            raise Unauthenticated("the bearer token is not valid")
+
+
+class CacheRepairs:
+    """The durable to-do list of cache updates that failed, shared by every process."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        store: Store,
+        events: ServiceEvents,
+        ranking: Ranking,
+        *,
+        interval_seconds: float = 1.0,
+        timeout_seconds: float = 5.0,
+    ) -> None:
+        self._cache = cache
+        self._store = store
+        self._events = events
+        self._ranking = ranking
+        self._interval = interval_seconds
+        self._timeout = timeout_seconds
+        self._wakeup = asyncio.Event()
+
+    async def record(self, movie_id: str) -> None:
+        """Remember that `movie_id`'s cached copy may be outdated. Given the
+        repairs' own timeout rather than the caller's: the write it covers has
+        happened, and without this record the cache could keep the old movie."""
+        with store_errors():
+            await self._store.record_cache_repair(movie_id, self._timeout)
+        self._events.cache_repair("recorded")
+        self._wakeup.set()
+
+    async def apply(self) -> int:
+        """Apply to the cache the current version of every movie whose write
+        could not reach it; returns how many. Raises DependencyError."""
+        repairs = await self._store.cache_repairs(self._timeout)
+        for repair in repairs:
+            stored = await self._store.get_movie(repair.movie_id, self._timeout)
+            if stored is not None:
+                await self._cache.write_movie(stored, self._ranking.entry(stored))
+            await self._store.clear_cache_repair(repair, self._timeout)
+            self._events.cache_repair("applied")
+        if repairs:
+            log.info("applied %d deferred cache updates", len(repairs))
+        return len(repairs)
+
+    def wake(self) -> None:
+        """Look at the to-do list now rather than at the next interval."""
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`: apply repairs, at once after a failed write, else every
+        interval (writes made by other processes). Outlives any error: a repair
+        that fails is retried, since the to-do list in the store still holds it."""
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            if stop.is_set():
+                return
+            try:
+                if self._cache.available():
+                    await self.apply()
+            except DependencyError as error:
+                log.debug("deferred cache updates not applied yet: %s", error)
+                await asyncio.sleep(_REPAIR_RETRY_SECONDS)
+                self._wakeup.set()
+            except Exception:
+                log.exception("deferred cache updates failed; retrying in %.0f s", self._interval)
+
+
+class MovieWrites:
+    def __init__(
+        self,
+        cache: Cache,
+        store: Store,
+        ranking: Ranking,
+        writers: Writers,
+        repairs: CacheRepairs,
+        background: Background,
+    ) -> None:
+        self._cache = cache
+        self._store = store
+        self._ranking = ranking
+        self._writers = writers
+        self._repairs = repairs
+        self._background = background
+
+    async def upsert(self, movie: Movie | None, authorization: str | None, deadline: Deadline) -> UpsertOutcome:
+        """Create or replace `movie` (None: the request had none), for a writer.
+
+        PermissionDenied, Unauthenticated, InvalidArgument, Unavailable, DeadlineExceeded.
+        """
+        self._writers.check(authorization)
+        problems = check_upsert(movie)
+        if problems:
+            raise InvalidArgument(problems)
+        assert movie is not None
+        written = Movie()
+        written.CopyFrom(movie)
+        written.id = written.id.lower()
+        # Once begun, a write runs to its end even if the caller goes away: a
+        # write the store took must reach the cache (or be recorded for repair)
+        # whether or not anyone still waits for the answer.
+        return await self._background.finish(self._write(written, deadline.timeout()))
+
+    async def _write(self, movie: Movie, timeout: float) -> UpsertOutcome:
+        with store_errors():
+            outcome = await self._store.upsert_movie(movie, timeout)
+        stored = outcome.stored
+        try:
+            await self._cache.write_movie(stored, self._ranking.entry(stored))
+        except CacheUnavailable as error:
+            # The store has the write; the cache may still hold the old movie.
+            # Record that durably before acknowledging, so that every server
+            # process repairs the cache before trusting it again.
+            await self._repairs.record(stored.movie.id)
+            log.warning("movie %s written; cache update deferred: %s", stored.movie.id, error)
+        log.info("upsert movie=%s version=%d created=%s", stored.movie.id, stored.version, outcome.created)
+        return outcome

@@ -1,0 +1,169 @@
+"""The serving model: one grpc.aio server per worker process, on uvloop.
+
+Why grpc.aio: grpcio's threaded server reads a unary call's request inside a
+pool thread, so a client that opens calls and never sends their request (a
+frozen client, a bad mobile link, a proxy that opens streams early) holds
+threads for as long as it likes, and a handful of such calls stops every
+other client. Here a call waiting for its request is a suspended coroutine;
+only calls whose request has arrived count against MAX_CONCURRENT_CALLS, and
+the call over that limit gets RESOURCE_EXHAUSTED at once. Connections are
+bounded too: streams per connection, keepalive pings (a dead peer's
+connection is closed), a ping policy (a client pinging too often is sent
+away) and a maximum connection age (every connection is closed gracefully,
+and its calls get GRACE_PERIOD_SECONDS, so that load spreads again over
+instances added since).
+
+What it costs, and what buys it back (BENCHMARKS.md): grpc.aio alone serves
+a constant answer at ~0.6-0.7 of the threaded server; uvloop, answers leaving
+in batches (servicer.CompletionBatcher) and Redis commands sent in batches
+(cache.pipelining) bring the service back to the threaded server's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+from movieservice.app import App, build_app
+from movieservice.config import Settings, redact_url
+from movieservice.grpcserver.interceptor import PrometheusInterceptor
+from movieservice.grpcserver.registrar import MethodWrapper, Registrar
+from movieservice.grpcserver.servicer import SERVICE_NAME
+from movieservice.proto.movies.v1 import movies_pb2
+
+log = logging.getLogger(__name__)
+
+RPC_NAMES = tuple(movies_pb2.DESCRIPTOR.services_by_name["MovieService"].methods_by_name)
+SERVICE_NAMES = (
+    SERVICE_NAME,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+# Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+MAX_STREAMS_PER_CONNECTION = 1000
+# Keepalive: the server pings a connection idle this long and closes it when
+# the ping is not answered within _KEEPALIVE_TIMEOUT_MS.
+_KEEPALIVE_TIMEOUT_MS = 20_000
+# A client may ping at most this often; more than two pings too early and the
+# connection is closed (GOAWAY "too_many_pings"), as grpc-go's default policy.
+_MIN_CLIENT_PING_INTERVAL_MS = 10_000
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    return [
+        # With one worker the port must be exclusive: a second server on the
+        # same port is an error, not a silent share.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_period_seconds * 1000)),
+    ]
+
+
+def new_server(settings: Settings) -> grpc.aio.Server:
+    """The grpc.aio server every worker runs (also the benchmark's ceiling server)."""
+    return grpc.aio.server(options=server_options(settings))
+
+
+def listen(server: grpc.aio.Server, settings: Settings) -> int:
+    try:
+        return server.add_insecure_port(settings.grpc_address)
+    except RuntimeError as error:  # grpcio raises when the port is taken
+        raise ListenError(f"could not listen on {settings.grpc_address}: {error}") from None
+
+
+class ListenError(RuntimeError):
+    pass
+
+
+def register(server: grpc.aio.Server, app: App, wrappers: Sequence[MethodWrapper] = ()) -> None:
+    """Add MovieService, health and reflection to `server`, each method through `wrappers`."""
+    registrar = Registrar(server, wrappers)
+    app.servicer.register(registrar)
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, registrar)
+    reflection.enable_server_reflection(SERVICE_NAMES, registrar)
+
+
+def create_server(settings: Settings, app: App) -> tuple[grpc.aio.Server, int]:
+    """`app`'s server, bound to GRPC_HOST:GRPC_PORT (the port, when 0: the one chosen)."""
+    wrappers: list[MethodWrapper] = []
+    if settings.metrics_port:  # no metrics port, no metrics: the interceptor costs time on every call
+        app.metrics.grpc.initialize([f"/{SERVICE_NAME}/{name}" for name in RPC_NAMES])
+        wrappers.append(PrometheusInterceptor(app.metrics.grpc))
+    server = new_server(settings)
+    register(server, app, wrappers)
+    return server, listen(server, settings)
+
+
+def serve(settings: Settings, *, metrics_http: bool = True, build: Callable[[Settings], App] = build_app) -> int:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop.
+
+    One worker process; with `metrics_http`, it also serves /metrics on
+    METRICS_PORT (with WORKERS > 1 the supervisor does that instead). `build`
+    makes the App (tests pass one with a cache of their own).
+    Returns the process exit status.
+    """
+    uvloop.install()
+    return asyncio.run(_serve(settings, metrics_http, build))
+
+
+async def _serve(settings: Settings, metrics_http: bool, build: Callable[[Settings], App]) -> int:
+    app = build(settings)
+    log.info(
+        "starting: mongo=%s db=%s redis=%s",
+        redact_url(settings.mongo_url),
+        settings.mongo_db,
+        redact_url(settings.redis_url),
+    )
+    try:
+        server, port = create_server(settings, app)
+    except ListenError as error:
+        log.error("%s", error)
+        await app.close()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, signum, settings, stop)
+    metrics_server = start_metrics_http(settings, app.metrics.registry) if metrics_http else None
+    await app.start()
+    await server.start()
+    log.info("serving %s on %s:%d", SERVICE_NAME, settings.grpc_host, port)
+    await stop.wait()
+    await app.health.enter_graceful_shutdown()
+    await server.stop(settings.grace_period_seconds)
+    await app.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def _on_signal(signum: int, settings: Settings, stop: asyncio.Event) -> None:
+    log.info("received %s: draining for up to %gs", signal.Signals(signum).name, settings.grace_period_seconds)
+    stop.set()
+
+
+def start_metrics_http(settings: Settings, registry: CollectorRegistry = REGISTRY) -> WSGIServer | None:
+    """Serve `registry` on http://GRPC_HOST:METRICS_PORT/metrics (None when METRICS_PORT is 0)."""
+    if not settings.metrics_port:
+        return None
+    host = settings.grpc_host.strip("[]") or "::"
+    metrics_server, _ = start_http_server(settings.metrics_port, addr=host, registry=registry)
+    log.info("serving Prometheus metrics on %s:%d/metrics", settings.grpc_host, settings.metrics_port)
+    return metrics_server

@@ -1,1 +1,0 @@
-"""The RPC logic of MovieService, written against the small Cache and Store interfaces."""

@@ -1,0 +1,127 @@
+"""Get (cache-aside) against in-memory fakes of the cache and the store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from movieservice.core.deadline import Deadline
+from movieservice.core.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from movieservice.proto.movies.v1.movies_pb2 import Movie
+from tests.support.fakes import down
+
+MOVIE_ID = "573a1390f29313caabcd42e8"
+
+
+def soon() -> Deadline:
+    return Deadline.within(5)
+
+
+async def test_a_hit_answers_from_the_cache_alone(core):
+    stored = core.store.add(Movie(id=MOVIE_ID, title="cached"), version=3)
+    core.cache.entries[MOVIE_ID] = (3, stored.data)
+    assert await core.service.reads.get(MOVIE_ID, soon()) == stored.data
+    assert core.store.calls["get_movie"] == 0
+    assert core.events.counts["lookup", "movie", "hit"] == 1
+
+
+async def test_a_miss_reads_the_store_answers_and_fills_in_the_background(core):
+    stored = core.store.add(Movie(id=MOVIE_ID, title="stored"), version=2)
+    assert await core.service.reads.get(MOVIE_ID.upper(), soon()) == stored.data
+    await core.settle()
+    assert core.cache.entries[MOVIE_ID] == (2, stored.data), "ids are matched case-insensitively"
+    assert core.events.counts["lookup", "movie", "miss"] == 1
+    assert core.cache.locks == {}, "the fill lease is released after the fill"
+
+
+async def test_a_missing_movie_is_not_found_and_remembered(core):
+    with pytest.raises(NotFound, match=f"movie {MOVIE_ID} not found"):
+        await core.service.reads.get(MOVIE_ID, soon())
+    await core.settle()
+    assert core.cache.entries[MOVIE_ID] == (-1, None)
+    with pytest.raises(NotFound):
+        await core.service.reads.get(MOVIE_ID, soon())
+    assert core.store.calls["get_movie"] == 1, "the negative entry answered the second time"
+
+
+@pytest.mark.parametrize("movie_id", ["", "xyz", MOVIE_ID + "\n", MOVIE_ID[:-1] + "g", " " + MOVIE_ID])
+async def test_ids_that_are_not_24_hex_digits_are_invalid(core, movie_id):
+    with pytest.raises(InvalidArgument) as raised:
+        await core.service.reads.get(movie_id, soon())
+    assert [v.field for v in raised.value.violations] == ["id"]
+    assert core.cache.calls["get_movie"] == 0
+
+
+async def test_concurrent_misses_share_one_store_read(core):
+    core.store.add(Movie(id=MOVIE_ID, title="popular"))
+    core.store.delay = 0.05
+    results = await asyncio.gather(*(core.service.reads.get(MOVIE_ID, soon()) for _ in range(100)))
+    assert len(set(results)) == 1
+    assert core.store.calls["get_movie"] == 1
+    assert core.events.counts["coalesced", "in_process"] == 99
+
+
+async def test_a_caller_that_gives_up_does_not_cancel_the_others_read(core):
+    core.store.add(Movie(id=MOVIE_ID, title="slow"))
+    core.store.delay = 0.1
+    impatient = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, soon()))
+    await asyncio.sleep(0.01)
+    patient = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, soon()))
+    await asyncio.sleep(0.01)
+    impatient.cancel()
+    assert Movie.FromString(await patient).title == "slow"
+    assert core.store.calls["get_movie"] == 1
+
+
+async def test_the_cache_being_down_falls_back_to_the_store(core):
+    stored = core.store.add(Movie(id=MOVIE_ID, title="from the store"))
+    core.cache.unavailable = True
+    assert await core.service.reads.get(MOVIE_ID, soon()) == stored.data
+    assert core.events.counts["fallback", "Get"] == 1
+    assert core.events.counts["lookup", "movie", "error"] == 1
+
+
+async def test_the_store_being_down_on_a_miss_is_unavailable(core):
+    core.store.failure = down()
+    with pytest.raises(Unavailable, match="MongoDB is unavailable"):
+        await core.service.reads.get(MOVIE_ID, soon())
+
+
+async def test_a_store_slower_than_the_deadline_is_deadline_exceeded(core):
+    core.store.add(Movie(id=MOVIE_ID, title="late"))
+    core.store.delay = 1.0
+    with pytest.raises(DeadlineExceeded):
+        await core.service.reads.get(MOVIE_ID, Deadline.within(0.05))
+
+
+async def test_a_deadline_already_past_reaches_no_store(core):
+    with pytest.raises(DeadlineExceeded):
+        await core.service.reads.get(MOVIE_ID, Deadline.within(-1))
+    assert core.store.calls["get_movie"] == 0
+
+
+async def test_a_fill_older_than_a_write_does_not_land(core):
+    """The classic race: a slow miss reads version 1, a write of version 2
+    reaches the cache (and its fence), then the miss's fill arrives."""
+    core.store.add(Movie(id=MOVIE_ID, title="v1"), version=1)
+    core.store.delay = 0.05
+    reading = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, soon()))
+    await asyncio.sleep(0.01)
+    core.store.delay = 0
+    written = await core.service.writes.upsert(Movie(id=MOVIE_ID, title="v2"), "Bearer writer-token", soon())
+    assert Movie.FromString(await reading).title == "v1"  # it read before the write
+    await core.settle()
+    assert core.cache.entries[MOVIE_ID] == (2, written.stored.data)
+    assert Movie.FromString(await core.service.reads.get(MOVIE_ID, soon())).title == "v2"
+
+
+async def test_a_hit_close_to_expiry_is_refreshed_once_in_the_background(core):
+    stored = core.store.add(Movie(id=MOVIE_ID, title="hot"), version=5)
+    core.cache.entries[MOVIE_ID] = (5, stored.data)
+    core.cache.expiring.add(MOVIE_ID)
+    core.store.delay = 0.02
+    await asyncio.gather(*(core.service.reads.get(MOVIE_ID, soon()) for _ in range(20)))
+    await core.settle()
+    assert core.store.calls["get_movie"] == 1
+    assert core.events.counts["early_refresh",] == 1

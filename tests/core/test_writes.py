@@ -1,0 +1,91 @@
+"""Upsert (write-through) and the cache repairs, against in-memory fakes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from movieservice.core.deadline import Deadline
+from movieservice.core.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from movieservice.core.service import MovieService, ServiceOptions
+from movieservice.proto.movies.v1.movies_pb2 import Imdb, Movie
+from tests.core.conftest import BEARER
+from tests.support.fakes import FakeCache, FakeStore, RecordedEvents, down
+
+MOVIE_ID = "65a1b2c3d4e5f60718293a4c"
+
+
+def soon() -> Deadline:
+    return Deadline.within(5)
+
+
+async def test_a_write_reaches_the_store_then_the_cache_and_the_index(core):
+    movie = Movie(id=MOVIE_ID.upper(), title="Written", genres=["Drama"], imdb=Imdb(rating=8.0, votes=5000))
+    outcome = await core.service.writes.upsert(movie, BEARER, soon())
+    assert outcome.created and outcome.stored.movie.id == MOVIE_ID
+    assert core.store.movies[MOVIE_ID].version == 1
+    assert core.cache.entries[MOVIE_ID] == (1, outcome.stored.data)
+    assert core.cache.ranked[MOVIE_ID][1] == ("drama",)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "message"),
+    [
+        (None, "Upsert needs the metadata 'authorization: Bearer <token>'"),
+        ("Basic abc", "Upsert needs the metadata 'authorization: Bearer <token>'"),
+        ("Bearer ", "Upsert needs the metadata 'authorization: Bearer <token>'"),
+        ("Bearer wrong", "the bearer token is not valid"),
+    ],
+)
+async def test_writers_need_the_token(core, authorization, message):
+    with pytest.raises(Unauthenticated) as raised:
+        await core.service.writes.upsert(Movie(title="x"), authorization, soon())
+    assert str(raised.value) == message
+    assert core.store.calls["upsert_movie"] == 0
+
+
+async def test_without_tokens_nobody_writes():
+    service = MovieService.create(FakeCache(), FakeStore(), RecordedEvents(), ServiceOptions(writer_tokens=[]))
+    with pytest.raises(PermissionDenied, match="writes are disabled"):
+        await service.writes.upsert(Movie(title="x"), BEARER, soon())
+
+
+async def test_an_invalid_movie_names_each_problem(core):
+    movie = Movie(title=" ", year=1500, imdb=Imdb(rating=11))
+    with pytest.raises(InvalidArgument) as raised:
+        await core.service.writes.upsert(movie, BEARER, soon())
+    assert {v.field for v in raised.value.violations} == {"movie.title", "movie.year", "movie.imdb.rating"}
+    with pytest.raises(InvalidArgument, match="movie: is required"):
+        await core.service.writes.upsert(None, BEARER, soon())
+
+
+async def test_the_store_being_down_fails_the_write_and_changes_nothing(core):
+    core.store.failure = down()
+    with pytest.raises(Unavailable, match="MongoDB is unavailable"):
+        await core.service.writes.upsert(Movie(id=MOVIE_ID, title="x"), BEARER, soon())
+    assert core.cache.entries == {}
+
+
+async def test_the_cache_being_down_records_a_repair_that_is_applied_later(core):
+    core.cache.entries[MOVIE_ID] = (0, Movie(id=MOVIE_ID, title="old").SerializeToString())
+    core.cache.unavailable = True
+    outcome = await core.service.writes.upsert(Movie(id=MOVIE_ID, title="new"), BEARER, soon())
+    assert core.store.repairs == {MOVIE_ID: 1}
+    assert core.events.counts["repair", "recorded"] == 1
+    core.cache.unavailable = False
+    assert await core.service.repairs.apply() == 1
+    assert core.cache.entries[MOVIE_ID] == (1, outcome.stored.data)
+    assert core.store.repairs == {}
+
+
+async def test_a_write_whose_caller_goes_away_still_reaches_the_cache(core):
+    """grpc.aio cancels a handler when its client cancels or its deadline
+    passes; a write the store took must still replace the cached copy."""
+    core.cache.entries[MOVIE_ID] = (0, Movie(id=MOVIE_ID, title="old").SerializeToString())
+    core.store.delay = 0.05
+    writing = asyncio.ensure_future(core.service.writes.upsert(Movie(id=MOVIE_ID, title="new"), BEARER, soon()))
+    await asyncio.sleep(0.01)
+    writing.cancel()
+    await core.settle()
+    assert Movie.FromString(core.cache.entries[MOVIE_ID][1]).title == "new"
