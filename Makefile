@@ -41,6 +41,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy cmd/server/main.py
 
 fmt: setup
 	$(BIN)/ruff format .
@@ -58,7 +59,7 @@ loadtest: setup
 
 # The benchmark (ratios measured within one run); writes BENCHMARKS.md.
 bench: setup
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m movieservice.bench
 
 clean:
 	rm -rf $(VENV) .tools .data .pytest_cache .mypy_cache .ruff_cache

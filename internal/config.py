@@ -34,7 +34,7 @@ class Settings:
     # Calls handled at once per worker (their request has arrived); the next
     # one gets RESOURCE_EXHAUSTED at once. Calls still receiving their request
     # and idle streams do not count.
-    max_concurrent_calls: int = 256
+    max_concurrent_calls: int = 1000
     # Every connection is closed gracefully after this long (load spreads
     # again over instances added since); its calls get GRACE_PERIOD_SECONDS.
     max_connection_age_seconds: float = 600.0

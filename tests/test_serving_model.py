@@ -4,7 +4,6 @@ once, and connections are bounded in age and kept alive or closed."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -12,19 +11,13 @@ from dataclasses import replace
 import grpc
 import pytest
 
+from movieservice.devstack.hostile import StalledClients, established_connections
 from movieservice.devstack.stack import spawn
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.conftest import serve_in_process, service_env
-from tests.support.hostile import StalledClients
 from tests.support.rpc import rpc_error
 
 pytestmark = pytest.mark.slow
-
-
-def established_connections(port: int) -> int:
-    lines = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} )"], capture_output=True,
-                           text=True, check=True).stdout.splitlines()  # fmt: skip
-    return len(lines)
 
 
 def test_stalled_calls_and_idle_streams_delay_no_other_call(settings, seeded_ids, tmp_path):

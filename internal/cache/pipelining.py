@@ -5,9 +5,12 @@ do. Measured here (BENCHMARKS.md): a Redis command costs the process ~60 us of
 CPU sent alone, a fraction of that within a batch, and a Redis hit is mostly
 that cost.
 
-The connection is redis-py's own (URL parsing, AUTH, TLS, the hiredis reply
-parser); this module only decides when to write and matches replies to
-callers, in order, as Redis answers a connection's commands in order.
+redis-py opens the connection (URL, AUTH, SELECT, TLS, the handshake); then
+its transport is handed to a protocol that feeds the replies straight to
+hiredis and hands each to the oldest command waiting, since Redis answers a
+connection's commands in order. redis-py's own read path awaits every reply
+inside a timeout context, which cost more CPU than the rest of a Redis hit's
+client side; here one timer per batch bounds how long Redis may take.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from hiredis import pack_command
+import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +34,34 @@ log = logging.getLogger(__name__)
 # batch. Each turn lets the loop take in more gRPC events (other calls
 # reaching the same point), so batches grow with the load; when idle, a turn
 # costs about a microsecond. Chosen with the benchmark (BENCHMARKS.md).
-BATCH_TURNS = 16
+BATCH_TURNS = 32
+# ...but a batch leaves once this many turns in a row added no command to it.
+QUIET_TURNS = 8
 
 
 class AutoPipeline:
     """One connection shared by every caller; `execute(*args)` returns the reply.
 
-    Errors: the command's own error reply (ResponseError), or a connection
-    error or timeout (redis-py's ConnectionError/TimeoutError) for every
-    command in flight when the connection failed; the next command reconnects.
+    Errors: the command's own error reply (ResponseError and its kinds, such
+    as NoScriptError), or a connection error or timeout (redis-py's
+    ConnectionError/TimeoutError) for every command in flight when the
+    connection failed or Redis did not answer within `timeout_seconds`; the
+    next command reconnects.
     """
 
-    def __init__(self, connect: Callable[[], AbstractConnection], *, batch_turns: int = BATCH_TURNS) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], AbstractConnection],
+        *,
+        timeout_seconds: float,
+        batch_turns: int = BATCH_TURNS,
+        quiet_turns: int = QUIET_TURNS,
+    ) -> None:
         self._connect = connect
+        self._timeout = timeout_seconds
         self._turns = batch_turns
+        self._quiet_turns = quiet_turns
+        self._transport: asyncio.Transport | None = None
         self._connection: AbstractConnection | None = None
         self._queued: list[tuple[Any, ...]] = []
         self._waiting: list[asyncio.Future[Any]] = []
@@ -50,8 +69,6 @@ class AutoPipeline:
         self._in_flight: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._work = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
@@ -67,79 +84,94 @@ class AutoPipeline:
         return future
 
     async def _write_batches(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._work.wait()
+            seen, quiet = len(self._queued), 0
             for _ in range(self._turns):
                 await asyncio.sleep(0)
+                quiet = quiet + 1 if len(self._queued) == seen else 0
+                if quiet >= self._quiet_turns:
+                    break
+                seen = len(self._queued)
             self._work.clear()
             commands, futures = self._queued, self._waiting
             self._queued, self._waiting = [], []
             try:
-                connection = await self._connected()
-                # hiredis packs in C; redis-py's asyncio connection packs in Python (~10 us a command).
-                packed = b"".join([pack_command(command) for command in commands])
-                self._in_flight.extend(futures)
-                await connection.send_packed_command(packed, check_health=False)
+                transport = self._transport or await self._connected()
             except (RedisError, OSError) as error:
                 for future in futures:
                     _fail(future, error)
-                self._reset(error)
                 continue
-            if self._reader is None or self._reader.done():
-                self._reader = asyncio.ensure_future(self._read_replies(connection))
+            self._in_flight.extend(futures)
+            # hiredis packs in C; redis-py's asyncio connection packs in Python (~10 us a command).
+            transport.write(b"".join([hiredis.pack_command(command) for command in commands]))
+            loop.call_later(self._timeout, self._check_answered, futures[-1], transport)
 
-    async def _connected(self) -> AbstractConnection:
-        if self._connection is None:
-            connection = self._connect()
-            await connection.connect()  # type: ignore[no-untyped-call]
-            self._connection = connection
-        return self._connection
+    async def _connected(self) -> asyncio.Transport:
+        connection = self._connect()
+        await connection.connect()  # type: ignore[no-untyped-call]
+        # The handshake is done: from here on this module reads and writes.
+        transport: asyncio.Transport = connection._writer.transport  # type: ignore[union-attr,assignment]
+        transport.set_protocol(_Replies(self, transport))
+        self._transport = transport
+        # Kept while the transport lives: its stream writer closes the transport when collected.
+        self._connection = connection
+        return transport
 
-    async def _read_replies(self, connection: AbstractConnection) -> None:
-        """Read while commands are in flight, each reply for the oldest one.
-        A reply that does not come within the connection's socket timeout
-        fails every command in flight: later replies would be misattributed."""
-        while self._in_flight and connection is self._connection:
-            try:
-                reply = await connection.read_response()
-            except ResponseError as error:
-                reply = error
-            except (RedisError, OSError) as error:
-                self._reset(error)
-                return
-            future = self._in_flight.popleft()
-            if not future.done():
-                if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+    def _answered(self, reply: Any) -> None:
+        if not self._in_flight:
+            self._lost(RedisConnectionError("Redis sent a reply nobody asked for"))
+            return
+        future = self._in_flight.popleft()
+        if future.done():  # its caller was cancelled meanwhile
+            return
+        if isinstance(reply, hiredis.ReplyError):
+            future.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
+        else:
+            future.set_result(reply)
 
-    def _reset(self, error: BaseException) -> None:
+    def _check_answered(self, future: asyncio.Future[Any], transport: asyncio.Transport) -> None:
+        """A batch's last reply must have come by now: later replies would be
+        misattributed after a reset, so a late one resets the connection."""
+        if not future.done() and transport is self._transport:
+            self._lost(RedisTimeoutError(f"Redis did not answer within {self._timeout:g} s"))
+
+    def _lost(self, error: BaseException) -> None:
         """Drop the connection and fail what it had in flight."""
-        connection, self._connection = self._connection, None
+        transport, self._transport, self._connection = self._transport, None, None
         in_flight, self._in_flight = self._in_flight, collections.deque()
         for future in in_flight:
             _fail(future, error)
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-        self._reader = None
-        if connection is not None:
-            closing = asyncio.ensure_future(connection.disconnect(nowait=True))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+        if transport is not None:
+            transport.abort()
         log.debug("Redis connection dropped: %s", error)
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._writer, self._reader):
-            if task is not None:
-                task.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
         error = RedisConnectionError("the Redis connection is closed")
         for future in self._waiting:
             _fail(future, error)
-        self._reset(error)
-        if self._closing:
-            await asyncio.wait(set(self._closing))
+        self._lost(error)
+
+
+class _Replies(asyncio.Protocol):
+    def __init__(self, pipeline: AutoPipeline, transport: asyncio.Transport) -> None:
+        self._pipeline = pipeline
+        self._transport = transport
+        self._reader = hiredis.Reader()
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        answered = self._pipeline._answered
+        while (reply := self._reader.gets()) is not False:
+            answered(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._pipeline._transport is self._transport:
+            self._pipeline._lost(RedisConnectionError(f"the Redis connection was lost: {exc or 'closed'}"))
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:

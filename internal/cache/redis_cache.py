@@ -89,7 +89,7 @@ class RedisCache:
         near_cache_ttl_seconds: float = 30.0,
     ) -> None:
         self._pool = redis_pool(url, timeout_seconds)
-        self._redis = AutoPipeline(self._pool.make_connection)
+        self._redis = AutoPipeline(self._pool.make_connection, timeout_seconds=timeout_seconds)
         self._execute = self._redis.execute
         self.keys = Keys(key_prefix)
         self._ttl_ms = movie_ttl_seconds * 1000

@@ -34,6 +34,10 @@ class SingleFlight(Generic[T]):
         async with asyncio.timeout(timeout):
             return await asyncio.shield(task), True
 
+    def running(self, key: Hashable) -> bool:
+        """Whether a caller of `run(key, ...)` now would join work already under way."""
+        return key in self._flights
+
     def _landed(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if self._flights.get(key) is task:
             del self._flights[key]

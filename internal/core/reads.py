@@ -10,9 +10,11 @@ expiry refreshes the entry early (XFetch), once at a time per movie.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import TypeVar
 
 from movieservice.core.background import Background
 from movieservice.core.deadline import Deadline
@@ -31,6 +33,7 @@ from movieservice.core.store_calls import store_errors
 from movieservice.core.validation import check_movie_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FILL_POLL_SECONDS = 0.005
 
@@ -87,15 +90,37 @@ class MovieReads:
 
     async def _load(self, movie_id: str, deadline: Deadline) -> bytes | None:
         """Read a missed movie once for all concurrent callers of this process."""
-        timeout = deadline.timeout()
-        try:
-            with store_errors():
-                data, shared = await self._loads.run(movie_id, lambda: self._load_once(movie_id, timeout), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded("deadline exceeded waiting for the movie") from None
+        data, shared = await self._share(
+            self._loads, movie_id, lambda timeout: self._load_once(movie_id, timeout), deadline, "movie"
+        )
         if shared:
             self._events.coalesced("in_process")
         return data
+
+    async def _share(
+        self,
+        flights: SingleFlight[T],
+        key: Hashable,
+        work: Callable[[float], Awaitable[T]],
+        deadline: Deadline,
+        what: str,
+    ) -> tuple[T, bool]:
+        """`work(timeout)` shared with the concurrent callers asking for `key`.
+
+        A read another caller started is bounded by that caller's deadline: if
+        it runs out first, this caller reads again within its own.
+        """
+        while True:
+            timeout = deadline.timeout()
+            joined = flights.running(key)
+            try:
+                with store_errors():
+                    return await flights.run(key, functools.partial(work, timeout), timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(f"deadline exceeded waiting for the {what}") from None
+            except DeadlineExceeded:
+                if not (joined and deadline.remaining() > 0):
+                    raise
 
     async def _load_once(self, movie_id: str, timeout: float) -> bytes | None:
         """Read the store unless another process holds the fill lease for this
@@ -176,19 +201,15 @@ class MovieReads:
         and cached in the background."""
         epoch = self._cache.recovery_epoch()
         started = self._clock()
-        timeout = deadline.timeout()
 
-        async def load() -> dict[str, StoredMovie]:
+        async def load(timeout: float) -> dict[str, StoredMovie]:
             return await self._store.get_movies(movie_ids, timeout)
 
-        try:
+        if coalesce:
+            stored, shared = await self._share(self._batch_loads, tuple(movie_ids), load, deadline, "movies")
+        else:
             with store_errors():
-                if coalesce:
-                    stored, shared = await self._batch_loads.run(tuple(movie_ids), load, timeout)
-                else:
-                    stored, shared = await load(), False
-        except TimeoutError:
-            raise DeadlineExceeded("deadline exceeded waiting for the movies") from None
+                stored, shared = await load(deadline.timeout()), False
         answered = self._clock()
         if shared:
             self._events.coalesced("in_process")

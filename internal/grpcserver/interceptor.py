@@ -34,43 +34,73 @@ else:
 _CODES = {code: code.name for code in grpc.StatusCode}
 
 
-class PrometheusInterceptor:
-    """Wraps each unary-unary method handler, once, at registration (see
-    `Registrar`), so that every call of every service goes through it.
+class MethodObserver:
+    """The metrics of one method, label children bound once: `start()` when a
+    call begins, `end(started, code)` with the code its client gets."""
 
-    Not a grpc.aio.ServerInterceptor: grpc.aio runs those on every call, as a
-    chain of coroutines before the handler is found, and that chain alone cost
-    ~25 us of CPU per call here (14% of a constant answer; BENCHMARKS.md).
+    __slots__ = ("_handled", "_latency", "_started")
+
+    def __init__(self, metrics: GrpcMetrics, method: str) -> None:
+        labels = grpc_labels(method)
+        self._started = metrics.started.labels(*labels)
+        self._latency = metrics.handling_seconds.labels(*labels)
+        self._handled = {code: metrics.handled.labels(*labels, name) for code, name in _CODES.items()}
+
+    def start(self) -> float:
+        self._started.inc()
+        return time.perf_counter()
+
+    def end(self, started: float, code: grpc.StatusCode) -> None:
+        self._handled[code].inc()
+        self._latency.observe(time.perf_counter() - started)
+
+
+class NoObserver:
+    """What a call reports when metrics are off."""
+
+    __slots__ = ()
+
+    def start(self) -> float:
+        return 0.0
+
+    def end(self, started: float, code: grpc.StatusCode) -> None:
+        pass
+
+
+class PrometheusInterceptor:
+    """Observes every call of every service.
+
+    MovieService's own calls report to `observer(method)` from inside the
+    servicer's one wrapper (servicer.py); every other unary handler (health's
+    Check, say) is wrapped once, at registration (`wrap`, see registrar.py).
+    Not a grpc.aio.ServerInterceptor: grpc.aio runs those on every call as a
+    chain of coroutines before the handler is found, and a layer of
+    coroutine around every call costs CPU time of its own (BENCHMARKS.md).
     """
 
     def __init__(self, metrics: GrpcMetrics) -> None:
         self._metrics = metrics
 
+    def observer(self, method: str) -> MethodObserver:
+        return MethodObserver(self._metrics, method)
+
     def wrap(self, method: str, handler: Handler) -> Handler:
         if handler.unary_unary is None:
             return handler  # streaming (health Watch, reflection): not instrumented
-        labels = grpc_labels(method)
-        m = self._metrics
-        started = m.started.labels(*labels)
-        latency = m.handling_seconds.labels(*labels)
-        handled = {code: m.handled.labels(*labels, name) for code, name in _CODES.items()}
+        observer = self.observer(method)
         behavior: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary
 
         async def instrumented(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started.inc()
-            begin = time.perf_counter()
+            started = observer.start()
             try:
                 response = await behavior(request, context)
             except asyncio.CancelledError:
-                handled[_ended_early(context)].inc()
-                latency.observe(time.perf_counter() - begin)
+                observer.end(started, ended_early(context))
                 raise
             except BaseException:
-                handled[context.code() or grpc.StatusCode.UNKNOWN].inc()
-                latency.observe(time.perf_counter() - begin)
+                observer.end(started, context.code() or grpc.StatusCode.UNKNOWN)
                 raise
-            handled[context.code() or grpc.StatusCode.OK].inc()
-            latency.observe(time.perf_counter() - begin)
+            observer.end(started, context.code() or grpc.StatusCode.OK)
             return response
 
         return grpc.unary_unary_rpc_method_handler(
@@ -80,7 +110,7 @@ class PrometheusInterceptor:
         )
 
 
-def _ended_early(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+def ended_early(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     """The code the client got when grpc.aio cancelled the handler: its deadline passed, or it cancelled."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:

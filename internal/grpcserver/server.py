@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -37,7 +37,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from movieservice.app import App, build_app
 from movieservice.config import Settings, redact_url
 from movieservice.grpcserver.interceptor import PrometheusInterceptor
-from movieservice.grpcserver.registrar import MethodWrapper, Registrar
+from movieservice.grpcserver.registrar import Registrar
 from movieservice.grpcserver.servicer import SERVICE_NAME
 from movieservice.proto.movies.v1 import movies_pb2
 
@@ -91,22 +91,22 @@ class ListenError(RuntimeError):
     pass
 
 
-def register(server: grpc.aio.Server, app: App, wrappers: Sequence[MethodWrapper] = ()) -> None:
-    """Add MovieService, health and reflection to `server`, each method through `wrappers`."""
-    registrar = Registrar(server, wrappers)
-    app.servicer.register(registrar)
+def register(server: grpc.aio.Server, app: App, interceptor: PrometheusInterceptor | None = None) -> None:
+    """Add MovieService, health and reflection to `server`, every call observed by `interceptor`."""
+    app.servicer.register(Registrar(server), interceptor)
+    registrar = Registrar(server, [interceptor] if interceptor else [])
     health_pb2_grpc.add_HealthServicer_to_server(app.health, registrar)
     reflection.enable_server_reflection(SERVICE_NAMES, registrar)
 
 
 def create_server(settings: Settings, app: App) -> tuple[grpc.aio.Server, int]:
     """`app`'s server, bound to GRPC_HOST:GRPC_PORT (the port, when 0: the one chosen)."""
-    wrappers: list[MethodWrapper] = []
-    if settings.metrics_port:  # no metrics port, no metrics: the interceptor costs time on every call
+    interceptor = None
+    if settings.metrics_port:  # no metrics port, no metrics: they cost time on every call
         app.metrics.grpc.initialize([f"/{SERVICE_NAME}/{name}" for name in RPC_NAMES])
-        wrappers.append(PrometheusInterceptor(app.metrics.grpc))
+        interceptor = PrometheusInterceptor(app.metrics.grpc)
     server = new_server(settings)
-    register(server, app, wrappers)
+    register(server, app, interceptor)
     return server, listen(server, settings)
 
 

@@ -192,8 +192,11 @@ class MongoStore:
             if isinstance(error, ConnectionFailure):
                 self._failed("unavailable", started_at)
                 raise StoreUnavailable("MongoDB is unavailable") from error
+            # The server failed the operation (an InternalError while it shuts
+            # down, say): the client may retry; the driver's text stays in the log.
             self._metrics.error("mongodb", "error")
-            raise
+            log.warning("MongoDB failed %s: %s", operation, error)
+            raise StoreUnavailable("MongoDB could not complete the operation") from error
         finally:
             # Failed operations are timed too: a dependency that is timing out
             # shows as high latency, not only as errors.

@@ -125,3 +125,16 @@ async def test_a_hit_close_to_expiry_is_refreshed_once_in_the_background(core):
     await core.settle()
     assert core.store.calls["get_movie"] == 1
     assert core.events.counts["early_refresh",] == 1
+
+
+async def test_a_caller_with_more_time_reads_again_when_the_shared_read_runs_out_of_its_time(core):
+    """A read another caller started is bounded by that caller's deadline."""
+    core.store.add(Movie(id=MOVIE_ID, title="slow"))
+    core.store.delay = 0.2
+    hurried = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, Deadline.within(0.05)))
+    await asyncio.sleep(0.01)
+    patient = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, Deadline.within(5)))
+    with pytest.raises(DeadlineExceeded):
+        await hurried
+    assert Movie.FromString(await patient).title == "slow"
+    assert core.store.calls["get_movie"] == 2

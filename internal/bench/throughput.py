@@ -1,0 +1,177 @@
+"""The throughput rows: h2load against the services and the reference
+servers, the runs of a section in the same interleaved rounds."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+
+import grpc
+
+from movieservice.bench.load import H2LOAD_CONNECTIONS, H2LOAD_STREAMS, Throughput, grpc_body_file, rss_mib
+from movieservice.bench.session import Bench, Service, get, movie_service
+from movieservice.bench.stats import Ratio, interleaved
+from movieservice.cache.pipelining import BATCH_TURNS
+from movieservice.proto.movies.v1 import movies_pb2
+
+H2LOAD = f"h2load -c{H2LOAD_CONNECTIONS} -m{H2LOAD_STREAMS}"
+TOP_RATED = movies_pb2.TopRatedRequest(genre="Drama", page_size=10)
+NEARBY = movies_pb2.NearbyRequest(latitude=44.85, longitude=-93.24, radius_km=10)
+
+
+def get_body(bench: Bench) -> Path:
+    return grpc_body_file(bench.work / "get.bin", movies_pb2.GetRequest(id=bench.sample_id))
+
+
+def rounds(bench: Bench, runs: Mapping[str, tuple[Service, str, Path]]) -> dict[str, list[Throughput]]:
+    """h2load runs of (service, method, body), in interleaved rounds."""
+    return interleaved({name: partial(bench.h2load, *run) for name, run in runs.items()}, bench.rounds)
+
+
+def check_get(bench: Bench, *services: Service) -> None:
+    """h2load counts HTTP statuses only: make sure the Get it sends is answered."""
+    for service in services:
+        answer = get(service, bench.sample_id)
+        if answer.movie.id != bench.sample_id:
+            raise RuntimeError(f"{service.name} answered a Get of {bench.sample_id} with movie {answer.movie.id!r}")
+
+
+def compared(results: Mapping[str, list[Throughput]], a: str, b: str, label_a: str, label_b: str) -> tuple[Ratio, str]:
+    """The rps ratio a/b over the rounds; and the raw numbers: the pairs, the
+    median server CPU per request of each, and the ratio by CPU per request
+    (b's over a's, so that, like the rps ratio, it is above 1 when a is the
+    cheaper one), steadier than rps on a shared machine."""
+    rps = Ratio.of([r.rps for r in results[a]], [r.rps for r in results[b]])
+    by_cpu = Ratio.of([r.cpu_us_per_request for r in results[b]], [r.cpu_us_per_request for r in results[a]])
+    pairs = "; ".join(
+        f"{label_a} {x.rps:.0f} / {label_b} {y.rps:.0f} rps" for x, y in zip(results[a], results[b], strict=True)
+    )
+    cpu_a = statistics.median(r.cpu_us_per_request for r in results[a])
+    cpu_b = statistics.median(r.cpu_us_per_request for r in results[b])
+    raw = (
+        f"{pairs}; server CPU per request (median): {label_a} {cpu_a:.0f} us, {label_b} {cpu_b:.0f} us; "
+        f"ratio by CPU per request {by_cpu}"
+    )
+    return rps, raw
+
+
+def hits(bench: Bench, command: str) -> None:
+    body = get_body(bench)
+    services = {
+        "near": bench.near_cache_service(),
+        "redis": bench.redis_hits_service(),
+        "bare": bench.service("bare", metrics=False, NEAR_CACHE_SIZE="100000"),
+        "aio": bench.ceiling("aio"),
+        "threaded": bench.ceiling("threaded"),
+    }
+    check_get(bench, *services.values())
+    # All in the same rounds: each comparison is between runs minutes apart at most.
+    results = rounds(bench, {name: (service, "Get", body) for name, service in services.items()})
+
+    near, redis = "NEAR_CACHE_SIZE=100000, METRICS_PORT set", "NEAR_CACHE_SIZE=0, METRICS_PORT set (the default)"
+    for run, label, setting, target in (
+        ("near", "Get near-cache hits", near, ">= 0.95"),
+        ("redis", "Get Redis hits (the default)", redis, ">= 0.85"),
+    ):
+        ratio, raw = compared(results, run, "aio", "hits", "ceiling")
+        bench.row(f"{label} vs the stall-proof ceiling (grpc.aio)", target, str(ratio), raw,
+                  f"{command}: {H2LOAD} Get, {setting}; ceiling aio")  # fmt: skip
+        ratio, raw = compared(results, run, "threaded", "hits", "threaded")
+        bench.row(f"{label} vs grpcio's threaded ceiling", "(reported)", str(ratio), raw,
+                  f"{command}: {H2LOAD} Get, {setting}; ceiling threaded")  # fmt: skip
+    ratio, raw = compared(results, "near", "bare", "with", "without")
+    bench.row("Interceptor cost on Get near-cache hits (with / without)", "cost <= 10%",
+              f"cost {1 - ratio.median:.1%}; with/without {ratio}", raw,
+              f"{command}: {H2LOAD} Get, NEAR_CACHE_SIZE=100000, METRICS_PORT set vs 0")  # fmt: skip
+    ratio, raw = compared(results, "aio", "threaded", "aio", "threaded")
+    bench.row("Stall-proof ceiling (grpc.aio, uvloop, batched answers) vs grpcio's threaded ceiling", "(reported)",
+              str(ratio), raw, f"{command}: {H2LOAD} Get; ceilings aio and threaded, constant answer")  # fmt: skip
+
+
+def toprated_and_nearby(bench: Bench, command: str) -> None:
+    service = bench.redis_hits_service()
+    check_get(bench, service)
+    with grpc.insecure_channel(service.target) as channel:  # the indexes are built before the first round
+        stub = movie_service(channel)
+        if not stub.TopRated(TOP_RATED, timeout=120).movies or not stub.Nearby(NEARBY, timeout=120).theaters:
+            raise RuntimeError("TopRated or Nearby answered nothing: the rows would measure empty answers")
+    bodies = {
+        "Get": get_body(bench),
+        "TopRated": grpc_body_file(bench.work / "top.bin", TOP_RATED),
+        "Nearby": grpc_body_file(bench.work / "nearby.bin", NEARBY),
+    }
+    results = rounds(bench, {method: (service, method, body) for method, body in bodies.items()})
+    for method, label in (("TopRated", "TopRated (Drama, 10 per page)"), ("Nearby", "Nearby (10 km, 10 theaters)")):
+        ratio, raw = compared(results, method, "Get", method, "Get")
+        bench.row(f"{label} vs Get Redis hits", ">= 0.8", str(ratio), raw,
+                  f"{command}: {H2LOAD}, NEAR_CACHE_SIZE=0 server")  # fmt: skip
+
+
+def optimisations(bench: Bench, command: str) -> None:
+    """What each optimisation of the serving model bought, each an A/B in the same rounds."""
+    if BATCH_TURNS == 0:
+        raise RuntimeError("cache.pipelining.BATCH_TURNS is 0: nothing to compare the unbatched server with")
+    body = get_body(bench)
+    servers = {
+        "plain": bench.ceiling("aio-plain"),
+        "uvloop": bench.ceiling("aio-uvloop"),
+        "batched": bench.ceiling("aio"),
+        "pipelined": bench.redis_hits_server(BATCH_TURNS),
+        "unpipelined": bench.redis_hits_server(0),
+    }
+    check_get(bench, *servers.values())
+    results = rounds(bench, {name: (server, "Get", body) for name, server in servers.items()})
+    ratio, raw = compared(results, "uvloop", "plain", "uvloop", "asyncio")
+    bench.row("uvloop: constant-answer grpc.aio server on uvloop / on asyncio's own loop", "(reported)",
+              str(ratio), raw, f"{command}: {H2LOAD} Get; ceilings aio-uvloop and aio-plain")  # fmt: skip
+    ratio, raw = compared(results, "batched", "uvloop", "batched", "unbatched")
+    bench.row("Answers leaving in batches (servicer.CompletionBatcher): constant-answer server on uvloop, "
+              "with / without", "(reported)", str(ratio), raw,
+              f"{command}: {H2LOAD} Get; ceilings aio and aio-uvloop")  # fmt: skip
+    ratio, raw = compared(results, "pipelined", "unpipelined", f"{BATCH_TURNS} turns", "0 turns")
+    bench.row(f"Redis commands sent in batches (cache.pipelining.AutoPipeline): a Redis-hit server at "
+              f"{BATCH_TURNS} batch turns (the default) / at 0", "(reported)", str(ratio), raw,
+              f"{command}: {H2LOAD} Get; redis-hits servers (aio ceiling + one HMGET per call)")  # fmt: skip
+
+
+def scaling(bench: Bench, command: str) -> None:
+    """2 cores, shared with h2load: WORKERS=2 cannot show a 2x. What can be
+    shown is that the work per Get does not grow with the workers, which is
+    what lets throughput scale where cores are free."""
+    one = bench.serve("w1", cpus="0,1", WORKERS="1", NEAR_CACHE_SIZE="100000")
+    two = bench.serve("w2", cpus="0,1", WORKERS="2", NEAR_CACHE_SIZE="100000")
+    check_get(bench, one, two)
+    body = get_body(bench)
+    results = rounds(bench, {"w2": (two, "Get", body), "w1": (one, "Get", body)})
+    rps = Ratio.of([r.rps for r in results["w2"]], [r.rps for r in results["w1"]])
+    cpu = {name: [r.server_cpu_seconds * 1000 / r.requests for r in runs] for name, runs in results.items()}
+    per_get = Ratio.of(cpu["w2"], cpu["w1"])
+    cores = statistics.median(r.server_cpu_seconds / r.wall_seconds for r in results["w2"])
+    bench.row("WORKERS=2 vs WORKERS=1 on Get near-cache hits: server CPU-seconds per 1,000 Gets",
+              "flat (the same work per Get: it scales where cores are free)",
+              f"1 worker {statistics.median(cpu['w1']):.3f}, 2 workers {statistics.median(cpu['w2']):.3f} "
+              f"CPU-s per 1,000 Gets (2/1: {per_get}); rps 2/1 {rps.median:.2f}x "
+              f"(middle half of the rounds {rps.low:.2f}x to {rps.high:.2f}x)",
+              "; ".join(f"2 workers {x.rps:.0f} / 1 worker {y.rps:.0f} rps"
+                        for x, y in zip(results["w2"], results["w1"], strict=True))
+              + f"; 2 workers used {cores:.2f} cores, h2load shared core 1 with them",
+              f"{command}: {H2LOAD} Get, NEAR_CACHE_SIZE=100000, both servers on cores 0,1, "
+              "h2load on core 1")  # fmt: skip
+
+
+def memory(bench: Bench, command: str) -> None:
+    total = 200_000 if bench.quick else 1_000_000
+    service = bench.near_cache_service()
+    check_get(bench, service)
+    body = get_body(bench)
+    step = total // 5
+    samples = [rss_mib(service.pid)]
+    for _ in range(5):
+        bench.h2load(service, "Get", body, requests=step)
+        samples.append(rss_mib(service.pid))
+    bench.row(f"Resident memory of a worker over {total:,} Get hits", "no growth after warm-up",
+              f"{samples[1]:.1f} MiB after {step:,}, {samples[-1]:.1f} MiB after {total:,}",
+              "RSS every {:,} requests: {}".format(step, ", ".join(f"{s:.1f}" for s in samples)),
+              f"{command}: {H2LOAD} Get, NEAR_CACHE_SIZE=100000")  # fmt: skip
