@@ -11,8 +11,9 @@ setup: $(STAMP) .tools/bin/.ok
 # The package installs as `movieservice` (internal/ and proto/ mapped onto it).
 # A strict editable install links every file into build/__editable__.*, so
 # edits show at once but a file added or removed needs a reinstall: the
-# directories (whose times change when that happens) are prerequisites.
-PACKAGE_DIRS := $(shell find internal proto -type d -not -name __pycache__)
+# directories (whose times change when that happens) are prerequisites, named
+# with a trailing slash so `proto/` is the directory, not the phony target.
+PACKAGE_DIRS := $(patsubst %,%/,$(shell find internal proto -type d -not -name __pycache__))
 
 $(STAMP): pyproject.toml requirements.lock $(PACKAGE_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
