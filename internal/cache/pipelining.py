@@ -67,6 +67,9 @@ class AutoPipeline:
         self._waiting: list[asyncio.Future[Any]] = []
         # Sent and not answered yet, in the order Redis will answer them.
         self._in_flight: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # Commands written to and replies read from the current connection.
+        self._sent = 0
+        self._received = 0
         self._work = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
@@ -78,7 +81,7 @@ class AutoPipeline:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append(args)
         self._waiting.append(future)
-        if self._writer is None:
+        if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write_batches())
         self._work.set()
         return future
@@ -98,15 +101,29 @@ class AutoPipeline:
             commands, futures = self._queued, self._waiting
             self._queued, self._waiting = [], []
             try:
-                transport = self._transport or await self._connected()
-            except (RedisError, OSError) as error:
+                transport = self._transport
+                if transport is None or transport.is_closing():
+                    # Closed by the peer before its connection_lost ran (uvloop
+                    # raises on writing to a closed transport): start afresh.
+                    if transport is not None:
+                        self._lost(RedisConnectionError("the Redis connection was closed"))
+                    transport = await self._connected()
+                # hiredis packs in C; redis-py's asyncio connection packs in Python (~10 us a command).
+                payload = b"".join([hiredis.pack_command(command) for command in commands])
+            except Exception as error:  # these commands failed; the writer carries on
+                if not isinstance(error, (RedisError, OSError)):
+                    log.warning("Redis batch failed before it was sent", exc_info=True)
                 for future in futures:
                     _fail(future, error)
                 continue
             self._in_flight.extend(futures)
-            # hiredis packs in C; redis-py's asyncio connection packs in Python (~10 us a command).
-            transport.write(b"".join([hiredis.pack_command(command) for command in commands]))
-            loop.call_later(self._timeout, self._check_answered, futures[-1], transport)
+            self._sent += len(futures)
+            try:
+                transport.write(payload)
+            except (RuntimeError, OSError) as error:  # uvloop: RuntimeError once closed; the stream is lost
+                self._lost(RedisConnectionError(f"writing to Redis failed: {error}"))
+                continue
+            loop.call_later(self._timeout, self._check_answered, self._sent, transport)
 
     async def _connected(self) -> asyncio.Transport:
         connection = self._connect()
@@ -114,7 +131,10 @@ class AutoPipeline:
         # The handshake is done: from here on this module reads and writes.
         transport: asyncio.Transport = connection._writer.transport  # type: ignore[union-attr,assignment]
         transport.set_protocol(_Replies(self, transport))
+        if transport.is_closing():
+            raise RedisConnectionError("the Redis connection closed during the handshake")
         self._transport = transport
+        self._sent = self._received = 0
         # Kept while the transport lives: its stream writer closes the transport when collected.
         self._connection = connection
         return transport
@@ -124,6 +144,7 @@ class AutoPipeline:
             self._lost(RedisConnectionError("Redis sent a reply nobody asked for"))
             return
         future = self._in_flight.popleft()
+        self._received += 1
         if future.done():  # its caller was cancelled meanwhile
             return
         if isinstance(reply, hiredis.ReplyError):
@@ -131,10 +152,11 @@ class AutoPipeline:
         else:
             future.set_result(reply)
 
-    def _check_answered(self, future: asyncio.Future[Any], transport: asyncio.Transport) -> None:
-        """A batch's last reply must have come by now: later replies would be
-        misattributed after a reset, so a late one resets the connection."""
-        if not future.done() and transport is self._transport:
+    def _check_answered(self, sent: int, transport: asyncio.Transport) -> None:
+        """A batch's last reply must have come by now (whether or not its
+        caller still waits for it): later replies would be misattributed
+        after a reset, so a late one resets the connection."""
+        if transport is self._transport and self._received < sent:
             self._lost(RedisTimeoutError(f"Redis did not answer within {self._timeout:g} s"))
 
     def _lost(self, error: BaseException) -> None:

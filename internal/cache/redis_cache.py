@@ -88,6 +88,7 @@ class RedisCache:
         near_cache_size: int = 0,
         near_cache_ttl_seconds: float = 30.0,
     ) -> None:
+        self._timeout_seconds = timeout_seconds
         self._pool = redis_pool(url, timeout_seconds)
         self._redis = AutoPipeline(self._pool.make_connection, timeout_seconds=timeout_seconds)
         self._execute = self._redis.execute
@@ -141,7 +142,10 @@ class RedisCache:
         return result
 
     async def _probe(self) -> None:
-        await self._execute("PING")
+        # Bounded even if a reply were lost for good: an endless probe would
+        # keep the breaker half-open, and Redis unused, for ever.
+        async with asyncio.timeout(4 * self._timeout_seconds):
+            await self._execute("PING")
         if self._recovery_hook is not None:
             await self._recovery_hook()
 

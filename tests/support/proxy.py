@@ -183,7 +183,7 @@ class FaultProxy:
                         upstream.sendall(data)
                     else:
                         client.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select on a socket _drop_all closed meanwhile
             return
         finally:
             for sock in sockets:
