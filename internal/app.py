@@ -7,7 +7,9 @@ a race) without any of that reaching the production settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
 
 from grpc_health.v1 import health
 
@@ -20,6 +22,9 @@ from movieservice.grpcserver.health import HealthReporter
 from movieservice.grpcserver.servicer import MovieServicer
 from movieservice.metrics import Metrics
 from movieservice.store.mongo import MongoStore
+
+# With WORKERS > 1, how stale the supervisor's /metrics may be.
+METRICS_FLUSH_SECONDS = 1.0
 
 
 @dataclass
@@ -34,12 +39,21 @@ class App:
     servicer: MovieServicer
     health: health.aio.HealthServicer
     reporter: HealthReporter
+    _flushing: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self, *, warm_up: bool = True) -> None:
-        """Start the background work: invalidations, repairs, health checks, index warm-up."""
+        """Start the background work: invalidations, repairs, health checks,
+        index warm-up, and (WORKERS > 1) flushing the metrics for the supervisor."""
         await self.cache.start()
         self.service.start(warm_up=warm_up)
         await self.reporter.start()
+        if self.metrics.needs_flush:
+            self._flushing = asyncio.ensure_future(self._flush_metrics())
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_SECONDS)
+            self.metrics.flush()
 
     async def close(self) -> None:
         """Stop the background work, then close the clients it uses."""
@@ -47,6 +61,11 @@ class App:
         await self.service.close(self.settings.request_timeout_seconds)
         await self.cache.close()
         await self.store.close()
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
+        self.metrics.flush()
 
 
 def ranking_of(settings: Settings) -> Ranking:

@@ -35,34 +35,38 @@ ERROR_KINDS = ("unavailable", "timeout", "circuit_open", "error")
 
 
 # Metrics recorded on every call (the gRPC ones, cache lookups, Redis and
-# MongoDB latencies) are kept in plain Python numbers and read at scrape time
-# by a collector (`LoopCounter`, `LoopHistogram`): measured under load, each
-# prometheus_client Counter.inc or Histogram.observe cost ~4 us of CPU per call
-# (a lock, several calls), ~6% of a Get hit for the gRPC metrics alone
-# (BENCHMARKS.md). They are updated only from the event loop's thread, so
-# they need no lock; a scrape from the HTTP thread reads a consistent copy of
-# each histogram's buckets. With WORKERS > 1 the values must live in
-# prometheus_client's multiprocess files: there its own Counter and
-# Histogram are used instead (`Metrics(fast=False)`).
+# MongoDB latencies) are kept in plain Python numbers (`LoopCounter`,
+# `LoopHistogram`): measured under load, each prometheus_client Counter.inc or
+# Histogram.observe cost ~4 us of CPU per call (a lock, several calls), and in
+# multiprocess mode (WORKERS > 1: values in files) the gRPC metrics alone cost
+# ~29 us a Get, 16% (BENCHMARKS.md). They are updated only from the event
+# loop's thread, so they need no lock. With one process a collector reads them
+# at scrape time (a consistent copy of each histogram's buckets); with several,
+# `Metrics.flush()` (every second, and at shutdown: see movieservice.app) adds
+# what changed to prometheus_client's own metrics, whose files the supervisor
+# sums.
 
 
 class _CounterChild:
-    __slots__ = ("value",)
+    __slots__ = ("flushed", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
+        self.flushed = 0.0
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
 
 
 class _HistogramChild:
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "flushed_counts", "flushed_sum", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
         self.sum = 0.0
+        self.flushed_counts = [0] * (len(bounds) + 1)
+        self.flushed_sum = 0.0
 
     def observe(self, amount: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, amount)] += 1
@@ -70,20 +74,38 @@ class _HistogramChild:
 
 
 class _LoopMetric(Collector):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+    """A metric family updated from one event loop's thread, without locks:
+    read at scrape time (registered in `registry`), or with a `sink` (a
+    prometheus_client metric of the same name and labels) flushed into it."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        sink: Any = None,
+    ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
-        registry.register(self)
+        self._sink = sink
+        if sink is None:
+            registry.register(self)
 
     def labels(self, *values: str) -> Any:
         child = self._children.get(values)
         if child is None:
             child = self._children[values] = self._new_child()
+            if self._sink is not None:
+                self._sink.labels(*values)  # the series exists (at 0) from now on
         return child
 
     def _new_child(self) -> Any:
+        raise NotImplementedError
+
+    def flush(self) -> None:
         raise NotImplementedError
 
     def describe(self) -> Iterator[Metric]:
@@ -91,8 +113,6 @@ class _LoopMetric(Collector):
 
 
 class LoopCounter(_LoopMetric):
-    """A counter family updated from one event loop's thread, without locks."""
-
     def _new_child(self) -> _CounterChild:
         return _CounterChild()
 
@@ -102,10 +122,15 @@ class LoopCounter(_LoopMetric):
             family.add_metric(list(values), child.value)
         yield family
 
+    def flush(self) -> None:
+        for values, child in list(self._children.items()):
+            value = child.value
+            if value > child.flushed:
+                self._sink.labels(*values).inc(value - child.flushed)
+                child.flushed = value
+
 
 class LoopHistogram(_LoopMetric):
-    """A histogram family updated from one event loop's thread, without locks."""
-
     def __init__(
         self,
         name: str,
@@ -113,9 +138,10 @@ class LoopHistogram(_LoopMetric):
         labelnames: Sequence[str],
         buckets: Sequence[float],
         registry: CollectorRegistry,
+        sink: Any = None,
     ) -> None:
         self._bounds = tuple(sorted(buckets))
-        super().__init__(name, documentation, labelnames, registry)
+        super().__init__(name, documentation, labelnames, registry, sink)
 
     def _new_child(self) -> _HistogramChild:
         return _HistogramChild(self._bounds)
@@ -131,24 +157,51 @@ class LoopHistogram(_LoopMetric):
             family.add_metric(list(values), buckets, total)
         yield family
 
+    def flush(self) -> None:
+        """prometheus_client's Histogram takes one observation at a time; what
+        changed is added to its buckets and sum (its `_buckets` and `_sum`
+        values, which a test checks are still there)."""
+        for values, child in list(self._children.items()):
+            counts, total = list(child.counts), child.sum
+            sink = self._sink.labels(*values)
+            for index, (count, flushed) in enumerate(zip(counts, child.flushed_counts, strict=True)):
+                if count > flushed:
+                    sink._buckets[index].inc(count - flushed)
+            if total != child.flushed_sum:
+                sink._sum.inc(total - child.flushed_sum)
+            child.flushed_counts, child.flushed_sum = counts, total
+
 
 def _bound_text(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-def _counter(fast: bool, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> Any:
-    if fast:
-        return LoopCounter(name, documentation, labelnames, registry)
-    return Counter(name, documentation, labelnames, registry=registry)
+class _Factory:
+    """Makes the per-call metric families: lock-free, read at scrape time or
+    (`flushed`) flushed into prometheus_client's own (multiprocess) metrics."""
 
+    def __init__(self, registry: CollectorRegistry, *, flushed: bool) -> None:
+        self._registry = registry
+        self._flushed = flushed
+        self.made: list[_LoopMetric] = []
 
-def _histogram(
-    fast: bool, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
-    registry: CollectorRegistry,
-) -> Any:  # fmt: skip
-    if fast:
-        return LoopHistogram(name, documentation, labelnames, buckets, registry)
-    return Histogram(name, documentation, labelnames, buckets=buckets, registry=registry)
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str]) -> LoopCounter:
+        sink = Counter(name, documentation, labelnames, registry=self._registry) if self._flushed else None
+        metric = LoopCounter(name, documentation, labelnames, self._registry, sink)
+        self.made.append(metric)
+        return metric
+
+    def histogram(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> LoopHistogram:
+        sink = (
+            Histogram(name, documentation, labelnames, buckets=buckets, registry=self._registry)
+            if self._flushed
+            else None
+        )
+        metric = LoopHistogram(name, documentation, labelnames, buckets, self._registry, sink)
+        self.made.append(metric)
+        return metric
 
 
 def multiprocess_mode() -> bool:
@@ -159,24 +212,21 @@ def multiprocess_mode() -> bool:
 class GrpcMetrics:
     """go-grpc-prometheus' server metric families (recorded by the interceptor)."""
 
-    def __init__(self, registry: CollectorRegistry, buckets: Sequence[float], *, fast: bool = True) -> None:
-        self.started = _counter(
-            fast, "grpc_server_started_total", "Total number of RPCs started on the server.", GRPC_LABELS, registry
+    def __init__(self, registry: CollectorRegistry, buckets: Sequence[float], factory: _Factory | None = None) -> None:
+        make = factory or _Factory(registry, flushed=False)
+        self.started = make.counter(
+            "grpc_server_started_total", "Total number of RPCs started on the server.", GRPC_LABELS
         )
-        self.handled = _counter(
-            fast,
+        self.handled = make.counter(
             "grpc_server_handled_total",
             "Total number of RPCs completed on the server, regardless of success or failure.",
             (*GRPC_LABELS, "grpc_code"),
-            registry,
         )
-        self.handling_seconds = _histogram(
-            fast,
+        self.handling_seconds = make.histogram(
             "grpc_server_handling_seconds",
             "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
             GRPC_LABELS,
             buckets,
-            registry,
         )
         registry.register(UnaryMessageCounts(self.started, self.handled))
 
@@ -241,14 +291,13 @@ class UnaryMessageCounts(Collector):
 class DependencyMetrics:
     """What the Redis and MongoDB adapters record: latency, errors, breaker state."""
 
-    def __init__(self, registry: CollectorRegistry, *, fast: bool = True) -> None:
-        self.seconds = _histogram(
-            fast,
+    def __init__(self, registry: CollectorRegistry, factory: _Factory | None = None) -> None:
+        make = factory or _Factory(registry, flushed=False)
+        self.seconds = make.histogram(
             "movieservice_dependency_seconds",
             "Latency of Redis and MongoDB operations.",
             ["dependency", "operation"],
             (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry,
         )
         self.errors = Counter(
             "movieservice_dependency_errors_total",
@@ -283,20 +332,17 @@ class Metrics:
         self,
         registry: CollectorRegistry = REGISTRY,
         grpc_buckets: Sequence[float] = DEFAULT_GRPC_BUCKETS,
-        *,
-        fast: bool | None = None,
     ) -> None:
-        """`fast`: the per-call metrics without locks (default: unless in multiprocess mode)."""
-        fast = not multiprocess_mode() if fast is None else fast
         self.registry = registry
-        self.grpc = GrpcMetrics(registry, grpc_buckets, fast=fast)
-        self.dependencies = DependencyMetrics(registry, fast=fast)
-        lookups = _counter(
-            fast,
+        # With WORKERS > 1 the per-call metrics are flushed into prometheus_client's files.
+        self.needs_flush = multiprocess_mode()
+        self._per_call = _Factory(registry, flushed=self.needs_flush)
+        self.grpc = GrpcMetrics(registry, grpc_buckets, self._per_call)
+        self.dependencies = DependencyMetrics(registry, self._per_call)
+        lookups = self._per_call.counter(
             "movieservice_cache_lookups_total",
             "Cache lookups by cache (movie, top_rated, geo) and result (hit, miss, negative_hit, error).",
             ["cache", "result"],
-            registry,
         )
         coalesced = Counter(
             "movieservice_cache_coalesced_total",
@@ -342,6 +388,13 @@ class Metrics:
         self._rebuilds = {index: rebuilds.labels(index) for index in ("top_rated", "geo")}
         for dependency in DEPENDENCIES:
             self.dependencies.breaker_state(dependency, 0)
+
+    def flush(self) -> None:
+        """Add what the per-call metrics counted since the last flush to
+        prometheus_client's metrics (with WORKERS > 1; otherwise nothing to do)."""
+        if self.needs_flush:
+            for metric in self._per_call.made:
+                metric.flush()
 
     # ServiceEvents (movieservice.core.ports)
 

@@ -36,6 +36,16 @@ def calls(port: int, ids: list[str], connections: int = 1) -> None:
                     stub.Get(movies_pb2.GetRequest(id=bad), timeout=10)
 
 
+def eventually(read, settle: float = 3.0) -> float:
+    """What `read()` says after `settle` seconds: long enough for every worker's flush."""
+    deadline = time.monotonic() + settle
+    value = read()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        value = read()
+    return value
+
+
 def test_one_worker_serves_grpc_and_cache_metrics(settings, seeded_ids, tmp_path):
     process, grpc_port, metrics_port, _ = start_serving(settings, tmp_path)
     try:
@@ -61,7 +71,8 @@ def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seede
         workers = child_pids(process.pid)
         assert len(workers) == 2, log.read_text()
         calls(grpc_port, seeded_ids[:5], connections=8)
-        assert handled(scrape(metrics_port), "Get", "OK") == 40
+        # Workers add their counts to the summed files every second (METRICS_FLUSH_SECONDS).
+        assert eventually(lambda: handled(scrape(metrics_port), "Get", "OK")) == 40
 
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
@@ -72,7 +83,7 @@ def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seede
         wait_for_port(grpc_port, 10)
         calls(grpc_port, seeded_ids[:5], connections=8)
         # The dead worker's counts stay in the sum.
-        assert handled(scrape(metrics_port), "Get", "OK") == 80
+        assert eventually(lambda: handled(scrape(metrics_port), "Get", "OK")) == 80
         assert "died with status -9: restarting it" in log.read_text()
     finally:
         assert stop(process) == 0, log.read_text()
