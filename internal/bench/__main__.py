@@ -3,6 +3,7 @@
 The helper processes the benchmark starts itself:
   python -m movieservice.bench ceiling aio|aio-uvloop|aio-plain|threaded PORT RESPONSE_FILE
   python -m movieservice.bench redis-hits PORT REDIS_URL KEY TURNS
+  python -m movieservice.bench unfrozen   (the service, environment as usual)
 (and python -m movieservice.devstack.hostile for the stalled calls)
 """
 
@@ -46,13 +47,16 @@ def helper(argv: Sequence[str]) -> int:
     redis_hits.add_argument("redis_url")
     redis_hits.add_argument("key")
     redis_hits.add_argument("turns", type=int)
+    helpers.add_parser("unfrozen", help="the service without gc.freeze() after start-up")
     args = parser.parse_args(argv)
+    if args.helper == "unfrozen":
+        return ceiling.serve_unfrozen()
     if args.helper == "ceiling":
         return ceiling.serve_ceiling(args.mode, args.port, args.response_file)
     return ceiling.serve_redis_hits(args.port, args.redis_url, args.key, args.turns)
 
 
-HELPERS = ("ceiling", "redis-hits")
+HELPERS = ("ceiling", "redis-hits", "unfrozen")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

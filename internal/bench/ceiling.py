@@ -15,6 +15,10 @@ service's own work.
                calls stop: reported, as the speed the rewrite gave up and won
                back
 
+And `python -m movieservice.bench unfrozen`: the service itself, configured
+as usual by its environment, without `gc.freeze()` after start-up, for the
+row that shows what that bought.
+
 And the Redis-hit servers of the auto-pipelining comparison
 (`python -m movieservice.bench redis-hits PORT REDIS_URL KEY TURNS`): the
 aio ceiling whose handler first reads a cached movie with one HMGET through
@@ -113,7 +117,7 @@ def _run_aio(
     before: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     from movieservice.config import Settings
-    from movieservice.grpcserver.server import listen, new_server
+    from movieservice.grpcserver.server import listen, new_server, settle_garbage_collector
 
     async def serve() -> None:
         if before is not None:
@@ -123,6 +127,7 @@ def _run_aio(
         server.add_generic_rpc_handlers((_generic_handler(make_handler()),))
         listen(server, settings)
         await server.start()
+        settle_garbage_collector()  # as the service does
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -137,15 +142,28 @@ def _run_aio(
 
 
 def _serve_threaded(port: int, body: bytes) -> int:
+    from movieservice.grpcserver.server import settle_garbage_collector
+
     server = grpc.server(ThreadPoolExecutor(max_workers=THREADED_WORKERS), options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((_generic_handler(lambda request, context: body),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
+    settle_garbage_collector()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     server.stop(0)
     return 0
+
+
+def serve_unfrozen() -> int:
+    """`movieservice serve` with start-up's objects left to the garbage
+    collector (grpcserver.server.settle_garbage_collector made a no-op)."""
+    from movieservice import cli
+    from movieservice.grpcserver import server
+
+    server.settle_garbage_collector = lambda: None
+    return cli.main(["serve"])
 
 
 def _generic_handler(behavior: Callable[[Any, Any], Any]) -> grpc.GenericRpcHandler:

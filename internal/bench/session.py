@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,14 @@ from movieservice.devstack.processes import (
     free_port,
     redis_server,
 )
-from movieservice.devstack.stack import ServiceProcess, has_sample_data, seed_database, service_environment, spawn
+from movieservice.devstack.stack import (
+    MOVIESERVICE,
+    ServiceProcess,
+    has_sample_data,
+    seed_database,
+    service_environment,
+    spawn,
+)
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 
 TOKEN = "bench-token"
@@ -141,10 +148,17 @@ class Bench:
     def serve(self, name: str, *, cpus: str = SERVER_CORE, metrics: bool = True, **env: str) -> Service:
         """A `movieservice serve` called `name` (its Redis keys prefixed with
         it, so that services do not share cached movies), configured by `env`."""
+        return self._serve(name, [str(MOVIESERVICE), "serve"], cpus, metrics, env)
+
+    def unfrozen_service(self, name: str, **env: str) -> Service:
+        """As `serve`, without gc.freeze() after start-up (see ceiling.py)."""
+        return self._serve(name, [sys.executable, "-m", "movieservice.bench", "unfrozen"], SERVER_CORE, True, env)
+
+    def _serve(self, name: str, argv: list[str], cpus: str, metrics: bool, env: Mapping[str, str]) -> Service:
         environment = service_environment(
             self.settings, **{"LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"{name}:", **env}
         )
-        return self._add(name, spawn(environment, self.work, name=name, metrics=metrics, cpus=cpus))
+        return self._add(name, spawn(environment, self.work, argv=argv, name=name, metrics=metrics, cpus=cpus))
 
     def service(self, name: str, *, metrics: bool = True, **env: str) -> Service:
         """The running service called `name`, started with `env` the first time."""

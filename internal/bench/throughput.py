@@ -120,6 +120,8 @@ def optimisations(bench: Bench, command: str) -> None:
         "batched": bench.ceiling("aio"),
         "pipelined": bench.redis_hits_server(BATCH_TURNS),
         "unpipelined": bench.redis_hits_server(0),
+        "frozen": bench.near_cache_service(),
+        "unfrozen": bench.unfrozen_service("unfrozen", NEAR_CACHE_SIZE="100000"),
     }
     check_get(bench, *servers.values())
     results = rounds(bench, {name: (server, "Get", body) for name, server in servers.items()})
@@ -134,6 +136,11 @@ def optimisations(bench: Bench, command: str) -> None:
     bench.row(f"Redis commands sent in batches (cache.pipelining.AutoPipeline): a Redis-hit server at "
               f"{BATCH_TURNS} batch turns (the default) / at 0", "(reported)", str(ratio), raw,
               f"{command}: {H2LOAD} Get; redis-hits servers (aio ceiling + one HMGET per call)")  # fmt: skip
+    ratio, raw = compared(results, "frozen", "unfrozen", "frozen", "unfrozen")
+    bench.row("Start-up objects out of the garbage collector's reach (gc.freeze()): Get near-cache hits "
+              "with / without", "(reported)", str(ratio), raw,
+              f"{command}: {H2LOAD} Get, NEAR_CACHE_SIZE=100000; the service and `python -m movieservice.bench "
+              "unfrozen`")  # fmt: skip
 
 
 def scaling(bench: Bench, command: str) -> None:

@@ -22,6 +22,7 @@ in batches (servicer.CompletionBatcher) and Redis commands sent in batches
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -143,6 +144,7 @@ async def _serve(settings: Settings, metrics_http: bool, build: Callable[[Settin
     metrics_server = start_metrics_http(settings, app.metrics.registry) if metrics_http else None
     await app.start()
     await server.start()
+    settle_garbage_collector()
     log.info("serving %s on %s:%d", SERVICE_NAME, settings.grpc_host, port)
     await stop.wait()
     await app.health.enter_graceful_shutdown()
@@ -152,6 +154,15 @@ async def _serve(settings: Settings, metrics_http: bool, build: Callable[[Settin
         metrics_server.shutdown()
     log.info("stopped")
     return 0
+
+
+def settle_garbage_collector() -> None:
+    """Move what start-up made (modules, clients, the server: ~50,000 objects)
+    out of the collector's reach: each full collection traversed all of it,
+    ~24 ms every 1-2 s under load; frozen, ~0.3 ms. Measured: Get near-cache
+    hits 1.07x as fast (BENCHMARKS.md, "what each optimisation bought")."""
+    gc.collect()
+    gc.freeze()
 
 
 def _on_signal(signum: int, settings: Settings, stop: asyncio.Event) -> None:
