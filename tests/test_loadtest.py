@@ -53,6 +53,7 @@ def test_generated_data_parses_as_the_requests():
     assert len({entry["movie"]["id"] for entry in upserts}) == loadtest.UPSERT_MOVIES
 
 
+@pytest.mark.slow
 def test_a_short_ghz_run_of_every_scenario_passes(grpc_target):
     result = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "scripts" / "loadtest.py"), "--quick", "--target", grpc_target,

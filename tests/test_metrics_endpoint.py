@@ -10,6 +10,7 @@ import signal
 import time
 
 import grpc
+import pytest
 
 from movieservice.devstack.metrics import scrape
 from movieservice.devstack.processes import child_pids, free_port, wait_for_port
@@ -65,6 +66,7 @@ def test_one_worker_serves_grpc_and_cache_metrics(settings, seeded_ids, tmp_path
         assert stop(process) == 0
 
 
+@pytest.mark.slow
 def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seeded_ids, tmp_path):
     process, grpc_port, metrics_port, log = start_serving(settings, tmp_path, WORKERS="2")
     try:
@@ -90,6 +92,7 @@ def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seede
     assert not child_pids(process.pid)
 
 
+@pytest.mark.slow
 def test_json_logs_never_show_a_password(settings, tmp_path):
     secret_url = f"mongodb://admin:hunter2secret@127.0.0.1:{free_port()}/"
     process, _, _, log = start_serving(settings, tmp_path, LOG_FORMAT="json", MONGO_URL=secret_url)

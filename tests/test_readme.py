@@ -54,6 +54,8 @@ def readme_commands() -> list[tuple[int, str]]:
 
 
 COMMANDS = readme_commands()
+# Commands that take more than a few seconds: run by `make test`, left out of `make test-fast`.
+SLOW_COMMANDS = {"make run", "make lint", "make proto", ".venv/bin/movieservice seed --synthetic 20000"}
 
 
 def test_the_readme_has_commands_to_check():
@@ -98,7 +100,13 @@ def group_alive(group: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("line", "command"), COMMANDS, ids=[f"line{n}" for n, _ in COMMANDS])
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        pytest.param(line, command, id=f"line{line}", marks=[pytest.mark.slow] if command in SLOW_COMMANDS else [])
+        for line, command in COMMANDS
+    ],
+)
 def test_readme_command_works(line, command, settings, grpc_target, redis_process, mongo_url):
     port = grpc_target.rsplit(":", 1)[1]
     if command in NOT_RUN_HERE:

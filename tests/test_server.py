@@ -58,6 +58,7 @@ def test_health_reports_serving_for_the_service_and_each_dependency(server):
         assert health_status(server.target, service) == SERVING, service
 
 
+@pytest.mark.slow
 def test_health_follows_mongodb_and_redis(grpc_target, mongo_proxy, redis_proxy):
     with mongo_proxy.refusing():
         wait_for_health(grpc_target, "", NOT_SERVING)

@@ -65,6 +65,7 @@ def test_output_only_fields_are_ignored(stub):
     assert not response.movie.HasField("year_text")
 
 
+@pytest.mark.slow
 def test_get_after_upsert_never_returns_the_old_movie(stub, redis_client: redis.Redis):
     """Many rounds of write-then-read while other clients keep reading (and
     repopulating the cache from misses) the same movie."""
