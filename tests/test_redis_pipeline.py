@@ -2,9 +2,9 @@
 on uvloop as the service runs it: whatever happens to the connection, the
 next command after Redis is back gets an answer.
 
-The writer task that sends the batches is the one piece every Redis command
-depends on; if it ever stopped, every later command would wait forever (the
-breaker's probe too, so the service would never use Redis again).
+Every Redis command of a process goes through this one connection; if sending
+ever stopped for good, every later command would wait forever (the breaker's
+probe too, so the service would never use Redis again).
 """
 
 from __future__ import annotations

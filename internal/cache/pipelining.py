@@ -70,60 +70,94 @@ class AutoPipeline:
         # Commands written to and replies read from the current connection.
         self._sent = 0
         self._received = 0
-        self._work = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        # A batch is gathering (its turns are scheduled on the loop).
+        self._gathering = False
+        # Batches waiting for a connection, in order, while one is opened.
+        self._unsent: list[tuple[list[tuple[Any, ...]], list[asyncio.Future[Any]]]] = []
+        self._connecting: asyncio.Task[None] | None = None
         self._closed = False
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; await the result for its reply."""
         if self._closed:
             raise RedisConnectionError("the Redis connection is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queued.append(args)
         self._waiting.append(future)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.ensure_future(self._write_batches())
-        self._work.set()
+        if not self._gathering:
+            self._gathering = True
+            loop.call_soon(self._turn, loop, 1, len(self._queued), 0)
         return future
 
-    async def _write_batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._work.wait()
-            seen, quiet = len(self._queued), 0
-            for _ in range(self._turns):
-                await asyncio.sleep(0)
-                quiet = quiet + 1 if len(self._queued) == seen else 0
-                if quiet >= self._quiet_turns:
-                    break
-                seen = len(self._queued)
-            self._work.clear()
-            commands, futures = self._queued, self._waiting
-            self._queued, self._waiting = [], []
-            try:
-                transport = self._transport
-                if transport is None or transport.is_closing():
-                    # Closed by the peer before its connection_lost ran (uvloop
-                    # raises on writing to a closed transport): start afresh.
-                    if transport is not None:
-                        self._lost(RedisConnectionError("the Redis connection was closed"))
-                    transport = await self._connected()
-                # hiredis packs in C; redis-py's asyncio connection packs in Python (~10 us a command).
-                payload = b"".join([hiredis.pack_command(command) for command in commands])
-            except Exception as error:  # these commands failed; the writer carries on
-                if not isinstance(error, (RedisError, OSError)):
-                    log.warning("Redis batch failed before it was sent", exc_info=True)
+    def _turn(self, loop: asyncio.AbstractEventLoop, turn: int, seen: int, quiet: int) -> None:
+        """One turn of the loop while a batch gathers: callbacks, not a task
+        sleeping turn after turn, since a turn costs a handle, not a task step."""
+        queued = len(self._queued)
+        quiet = quiet + 1 if queued == seen else 0
+        if turn < self._turns and quiet < self._quiet_turns:
+            loop.call_soon(self._turn, loop, turn + 1, queued, quiet)
+            return
+        self._gathering = False
+        commands, futures = self._queued, self._waiting
+        self._queued, self._waiting = [], []
+        transport = self._transport
+        if transport is not None and transport.is_closing():
+            # Closed by the peer before its connection_lost ran (uvloop
+            # raises on writing to a closed transport): start afresh.
+            self._lost(RedisConnectionError("the Redis connection was closed"))
+            transport = None
+        if transport is None or self._unsent:
+            self._unsent.append((commands, futures))
+            if self._connecting is None or self._connecting.done():
+                self._connecting = loop.create_task(self._connect_and_send())
+            return
+        self._send(loop, transport, commands, futures)
+
+    async def _connect_and_send(self) -> None:
+        try:
+            transport = await self._connected()
+        except Exception as error:  # these commands failed; the next ones try again
+            if not isinstance(error, (RedisError, OSError)):
+                log.warning("connecting to Redis failed unexpectedly", exc_info=True)
+            unsent, self._unsent = self._unsent, []
+            for _, futures in unsent:
                 for future in futures:
                     _fail(future, error)
-                continue
-            self._in_flight.extend(futures)
-            self._sent += len(futures)
-            try:
-                transport.write(payload)
-            except (RuntimeError, OSError) as error:  # uvloop: RuntimeError once closed; the stream is lost
-                self._lost(RedisConnectionError(f"writing to Redis failed: {error}"))
-                continue
-            loop.call_later(self._timeout, self._check_answered, self._sent, transport)
+            return
+        loop = asyncio.get_running_loop()
+        while self._unsent and self._transport is transport:
+            commands, futures = self._unsent.pop(0)
+            self._send(loop, transport, commands, futures)
+        # Left only if that connection was lost meanwhile.
+        unsent, self._unsent = self._unsent, []
+        for _, futures in unsent:
+            for future in futures:
+                _fail(future, RedisConnectionError("the Redis connection was lost"))
+
+    def _send(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.Transport,
+        commands: list[tuple[Any, ...]],
+        futures: list[asyncio.Future[Any]],
+    ) -> None:
+        try:
+            # hiredis packs in C; redis-py's asyncio connection packs in Python (~10 us a command).
+            payload = b"".join([hiredis.pack_command(command) for command in commands])
+        except Exception as error:  # a command Redis cannot take (a bad argument): only this batch fails
+            log.warning("a Redis batch could not be encoded", exc_info=True)
+            for future in futures:
+                _fail(future, error)
+            return
+        self._in_flight.extend(futures)
+        self._sent += len(futures)
+        try:
+            transport.write(payload)
+        except (RuntimeError, OSError) as error:  # uvloop: RuntimeError once closed; the stream is lost
+            self._lost(RedisConnectionError(f"writing to Redis failed: {error}"))
+            return
+        loop.call_later(self._timeout, self._check_answered, self._sent, transport)
 
     async def _connected(self) -> asyncio.Transport:
         connection = self._connect()
@@ -171,10 +205,10 @@ class AutoPipeline:
 
     async def close(self) -> None:
         self._closed = True
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
         error = RedisConnectionError("the Redis connection is closed")
-        for future in self._waiting:
+        for future in [*self._waiting, *(future for _, futures in self._unsent for future in futures)]:
             _fail(future, error)
         self._lost(error)
 
