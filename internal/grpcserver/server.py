@@ -159,8 +159,9 @@ async def _serve(settings: Settings, metrics_http: bool, build: Callable[[Settin
 def settle_garbage_collector() -> None:
     """Move what start-up made (modules, clients, the server: ~50,000 objects)
     out of the collector's reach: each full collection traversed all of it,
-    ~24 ms every 1-2 s under load; frozen, ~0.3 ms. Measured: Get near-cache
-    hits 1.07x as fast (BENCHMARKS.md, "what each optimisation bought")."""
+    a ~24 ms pause every 1-2 s under load; frozen, ~0.3 ms. Throughput of Get
+    near-cache hits: 1.00x to 1.07x across runs (BENCHMARKS.md, "what each
+    optimisation bought"); the pause is what it reliably removes."""
     gc.collect()
     gc.freeze()
 
