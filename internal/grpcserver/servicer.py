@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from movieservice.core.deadline import Deadline
-from movieservice.core.errors import ServiceError
+from movieservice.core.errors import InvalidArgument, ServiceError, Violation
 from movieservice.core.service import MovieService
 from movieservice.grpcserver import wire
 from movieservice.grpcserver.interceptor import NoObserver, PrometheusInterceptor, ended_early
@@ -149,11 +149,12 @@ class MovieServicer:
         serializer: Callable[[Any], bytes] | None,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         admission, batcher, longest = self.admission, self._batcher, self._timeout
+        parse = _parser(name, deserializer)
         method = f"/{SERVICE_NAME}/{name}"
         # Metrics inside this one wrapper rather than another coroutine around it (see interceptor.py).
         observer = self._interceptor.observer(method) if self._interceptor else NoObserver()
 
-        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def behavior(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = observer.start()
             code = grpc.StatusCode.OK
             try:
@@ -164,6 +165,7 @@ class MovieServicer:
                     )
                 admission.active += 1
                 try:
+                    request = parse(body)
                     remaining = context.time_remaining()
                     deadline = Deadline.within(longest if remaining is None else min(remaining, longest))
                     response = await handle(request, context, deadline)
@@ -185,7 +187,20 @@ class MovieServicer:
             finally:
                 observer.end(started, code)
 
-        return grpc.unary_unary_rpc_method_handler(behavior, deserializer, serializer)
+        # The request arrives as bytes and is parsed here, where a body that is
+        # not the method's message can be INVALID_ARGUMENT: grpc.aio answers a
+        # deserializer's exception with UNKNOWN and the exception's text.
+        return grpc.unary_unary_rpc_method_handler(behavior, None, serializer)
+
+
+def _parser(name: str, deserializer: Callable[[bytes], Message]) -> Callable[[bytes], Message]:
+    def parse(body: bytes) -> Message:
+        try:
+            return deserializer(body)
+        except DecodeError:
+            raise InvalidArgument([Violation("request", f"is not a valid {name} request message")]) from None
+
+    return parse
 
 
 def _serialize(message: Message) -> bytes:
