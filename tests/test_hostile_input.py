@@ -25,6 +25,7 @@ from movieservice.config import Settings
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.conftest import AUTH_TOKEN, serve_in_process
 from tests.support.inprocess import LoopThread, ServedApp
+from tests.support.rpc import field_violations, rpc_error
 
 pytestmark = pytest.mark.slow
 
@@ -165,6 +166,7 @@ def test_any_metadata(channel: grpc.Channel, method: str, pairs: list[tuple[str,
 
 def test_a_body_that_is_not_the_request_message_is_invalid_argument(channel: grpc.Channel) -> None:
     call = channel.unary_unary("/movies.v1.MovieService/Get")
-    code, details = answer(lambda: call(b"\x00", timeout=10))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT
-    assert details == "request: is not a valid Get request message"
+    error = rpc_error(call, b"\x00", timeout=10)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "request: is not a valid Get request message"
+    assert field_violations(error) == {"request": "is not a valid Get request message"}
