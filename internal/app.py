@@ -102,7 +102,10 @@ def build_app(
         store,
         metrics,
         ServiceOptions(
-            writer_tokens=[settings.auth_token] if settings.auth_token else [],
+            writer_tokens=settings.writers(),
+            writer_subjects=settings.auth_client_subjects,
+            auth_failures_per_minute=settings.auth_failures_per_minute,
+            page_token_keys=settings.page_token_keys,
             ranking=ranking_of(settings),
             background_timeout_seconds=settings.request_timeout_seconds,
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -61,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(settings: Settings) -> int:
     """One process, or a supervisor forking WORKERS processes."""
+    if not settings.page_token_keys:
+        # One key for every worker, made before they fork, so a page token
+        # issued by one is good at all of them.
+        settings = replace(settings, page_token_keys=(secrets.token_urlsafe(32),))
+        log.info("PAGE_TOKEN_KEYS not set: TopRated page tokens last until this server stops")
     if settings.workers > 1:
         from movieservice.supervisor import supervise
 
@@ -110,9 +116,12 @@ def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: 
         except NoExports as error:
             log.error("seeding the local store failed: %s", error)
             return 1
-        if "AUTH_TOKEN" not in configured_names():
+        configured = configured_names()
+        if not configured & {"AUTH_TOKEN", "AUTH_TOKENS"}:
             settings = replace(settings, auth_token=DEV_AUTH_TOKEN)
             log.info("writes need 'authorization: Bearer %s' (set AUTH_TOKEN to change it)", DEV_AUTH_TOKEN)
+        if "METRICS_HOST" not in configured:
+            settings = replace(settings, metrics_host="127.0.0.1")  # a laptop's metrics stay on it
         return serve(settings)
 
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
+
+_GLOB = re.compile(r"[*?\[\]\\]")
+_WRITER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_KEY_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -30,6 +35,10 @@ class Settings:
     grpc_port: int = 50051
     # 0 disables the /metrics endpoint.
     metrics_port: int = 9464
+    # Where /metrics listens; empty: GRPC_HOST (`movieservice dev`: loopback).
+    metrics_host: str = ""
+    # Server reflection (what grpcurl uses to list and describe the API).
+    reflection: bool = True
     workers: int = 1
     # Calls handled at once per worker (their request has arrived); the next
     # one gets RESOURCE_EXHAUSTED at once. Calls still receiving their request
@@ -40,8 +49,17 @@ class Settings:
     max_connection_age_seconds: float = 600.0
     # The server pings a connection idle this long; one that does not answer is closed.
     keepalive_seconds: float = 60.0
-    # Bearer token that Upsert requires; empty disables writes.
-    auth_token: str = ""
+    # Bearer token that Upsert requires; empty (and no AUTH_TOKENS) disables writes.
+    auth_token: str = field(default="", repr=False)
+    # Named writers, "name:token,name:token", rotated one at a time.
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Client-certificate common names (mTLS) that may write without a token.
+    auth_client_subjects: tuple[str, ...] = ()
+    # Failed Upsert authentications allowed per client address per minute
+    # (then RESOURCE_EXHAUSTED until the allowance returns); 0: no limit.
+    auth_failures_per_minute: int = 10
+    # Keys of TopRated page tokens (HMAC): the first signs, every one verifies.
+    page_token_keys: tuple[str, ...] = field(default=(), repr=False)
     movie_ttl_seconds: float = 3600.0
     # Lifetime of "this movie does not exist" entries.
     negative_ttl_seconds: float = 10.0
@@ -68,6 +86,8 @@ class Settings:
             raise ConfigError(f"WORKERS must be at least 1, got {self.workers}")
         if self.max_concurrent_calls < 1:
             raise ConfigError(f"MAX_CONCURRENT_CALLS must be at least 1, got {self.max_concurrent_calls}")
+        if self.auth_failures_per_minute < 0:
+            raise ConfigError(f"AUTH_FAILURES_PER_MINUTE must be >= 0, got {self.auth_failures_per_minute}")
         if self.near_cache_size < 0:
             raise ConfigError(f"NEAR_CACHE_SIZE must be >= 0, got {self.near_cache_size}")
         for name in (
@@ -95,10 +115,33 @@ class Settings:
             raise ConfigError("MONGO_URL must start with mongodb:// or mongodb+srv://")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if not self.redis_key_prefix or _GLOB.search(self.redis_key_prefix):
+            raise ConfigError(
+                "REDIS_KEY_PREFIX must be non-empty without glob characters (* ? [ ] \\), "
+                f"got {self.redis_key_prefix!r}"
+            )
+        self.writers()  # each AUTH_TOKENS entry is name:token
+        for key in self.page_token_keys:
+            if len(key) < MIN_KEY_LENGTH:
+                raise ConfigError(f"each PAGE_TOKEN_KEYS key must be at least {MIN_KEY_LENGTH} characters")
 
     @property
     def grpc_address(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
+
+    def writers(self) -> dict[str, str]:
+        """Each writer's name and bearer token: AUTH_TOKENS, and AUTH_TOKEN as the writer "default"."""
+        writers = {"default": self.auth_token} if self.auth_token else {}
+        for entry in self.auth_tokens:
+            name, colon, token = entry.partition(":")
+            if not colon or not _WRITER_NAME.fullmatch(name) or not token:
+                raise ConfigError(
+                    "AUTH_TOKENS must be name:token pairs separated by commas (names: letters, digits, - _ .)"
+                )
+            if name in writers:
+                raise ConfigError(f"AUTH_TOKENS names the writer {name!r} twice (or as AUTH_TOKEN's 'default')")
+            writers[name] = token
+        return writers
 
 
 def _check_port(name: str, port: int, *, allow_zero: bool) -> None:
@@ -114,11 +157,11 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: Path | 
     values.update(os.environ if environ is None else environ)
 
     kwargs: dict[str, object] = {}
-    for field in fields(Settings):
-        raw = values.get(field.name.upper())
+    for setting in fields(Settings):
+        raw = values.get(setting.name.upper())
         if raw is None or raw == "":
             continue
-        kwargs[field.name] = _parse(field.name.upper(), raw, field.type)
+        kwargs[setting.name] = _parse(setting.name.upper(), raw, setting.type)
     if "redis_url" not in kwargs and values.get("REDIS_HOST"):
         kwargs["redis_url"] = _redis_url_from_parts(values)
     return Settings(**kwargs)  # type: ignore[arg-type]
@@ -134,6 +177,14 @@ def _parse(name: str, raw: str, kind: object) -> object:
         if not buckets or not all(math.isfinite(b) and b > 0 for b in buckets):
             raise ConfigError(f"{name} must be positive numbers, got {raw!r}")
         return buckets
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
     try:
         if kind == "int":
             return int(raw)
@@ -156,13 +207,26 @@ def _redis_url_from_parts(values: Mapping[str, str]) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and error messages."""
+    """The URL without its secrets, for logs and error messages: the password
+    of its user part and the value of any query option that holds one
+    (`?password=`, MongoDB's `tlsCertificateKeyFilePassword=`, ...)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else netloc
+    query = "&".join(
+        f"{name}=***" if _SECRET_OPTION.search(name) else option
+        for option in parts.query.split("&")
+        for name in [option.partition("=")[0]]
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # (urlunsplit would also drop the "//" of "unix:///path")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_SECRET_OPTION = re.compile(r"password|secret|token|credential", re.IGNORECASE)
 
 
 def configured_names(environ: Mapping[str, str] | None = None, dotenv_path: Path = Path(".env")) -> set[str]:

@@ -32,6 +32,7 @@ CACHES = ("movie", "top_rated", "geo")
 LOOKUP_RESULTS = ("hit", "miss", "negative_hit", "error")
 DEPENDENCIES = ("redis", "mongodb")
 ERROR_KINDS = ("unavailable", "timeout", "circuit_open", "error")
+AUTH_FAILURE_REASONS = ("missing", "invalid", "writes_disabled", "rate_limited")
 
 
 # Metrics recorded on every call (the gRPC ones, cache lookups, Redis and
@@ -380,12 +381,21 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=registry,
         )
+        auth_failures = Counter(
+            "movieservice_auth_failures_total",
+            "Upserts refused before validation, by reason: missing (no bearer credential), invalid "
+            "(not a known token), writes_disabled (no writers configured), rate_limited (too many "
+            "failures from the caller's address).",
+            ["reason"],
+            registry=registry,
+        )
         # Label children looked up once: recording is then one increment.
         self._lookups = {(c, r): lookups.labels(c, r) for c in CACHES for r in LOOKUP_RESULTS}
         self._coalesced = {how: coalesced.labels(how) for how in ("in_process", "lease")}
         self._fallbacks = {rpc: fallbacks.labels(rpc) for rpc in ("Get", "TopRated", "Nearby")}
         self._repairs = {result: repairs.labels(result) for result in ("recorded", "applied")}
         self._rebuilds = {index: rebuilds.labels(index) for index in ("top_rated", "geo")}
+        self._auth_failures = {reason: auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
         for dependency in DEPENDENCIES:
             self.dependencies.breaker_state(dependency, 0)
 
@@ -418,3 +428,6 @@ class Metrics:
 
     def fill_lag(self, seconds: float) -> None:
         self._fill_lag.observe(seconds)
+
+    def auth_failure(self, reason: str) -> None:
+        self._auth_failures[reason].inc()

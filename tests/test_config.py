@@ -55,3 +55,45 @@ def test_urls_are_redacted_for_logs():
     )
     assert redact_url("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"REDIS_KEY_PREFIX": "*"}, "REDIS_KEY_PREFIX must be non-empty without glob characters"),
+        ({"REDIS_KEY_PREFIX": "movies[1]:"}, "REDIS_KEY_PREFIX must be non-empty without glob characters"),
+        ({"AUTH_TOKENS": "no-name-here"}, "AUTH_TOKENS must be name:token pairs"),
+        ({"AUTH_TOKENS": "a:1,a:2"}, "AUTH_TOKENS names the writer 'a' twice"),
+        ({"AUTH_TOKENS": "default:x", "AUTH_TOKEN": "y"}, "AUTH_TOKENS names the writer 'default' twice"),
+        ({"PAGE_TOKEN_KEYS": "short"}, "each PAGE_TOKEN_KEYS key must be at least 16 characters"),
+        ({"REFLECTION": "maybe"}, "REFLECTION must be 1 or 0"),
+    ],
+)
+def test_bad_security_settings_name_the_setting(environ, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_settings(environ, None)
+
+
+def test_writers_are_named_and_secrets_stay_out_of_the_settings_repr():
+    settings = load_settings(
+        {
+            "AUTH_TOKEN": "legacy-secret",
+            "AUTH_TOKENS": "ci:ci-secret, alice:alice:secret",
+            "PAGE_TOKEN_KEYS": "0123456789abcdef-new,0123456789abcdef-old",
+            "REFLECTION": "0",
+        },
+        None,
+    )
+    assert settings.writers() == {"default": "legacy-secret", "ci": "ci-secret", "alice": "alice:secret"}
+    assert settings.page_token_keys == ("0123456789abcdef-new", "0123456789abcdef-old")
+    assert settings.reflection is False
+    assert "secret" not in repr(settings) and "0123456789abcdef" not in repr(settings)
+
+
+def test_secrets_in_query_options_are_redacted_too():
+    assert (
+        redact_url("mongodb://u:p@h1:1,h2:2/db?authSource=admin&tlsCertificateKeyFilePassword=k&password=y")
+        == "mongodb://u:***@h1:1,h2:2/db?authSource=admin&tlsCertificateKeyFilePassword=***&password=***"
+    )
+    assert redact_url("redis://h:6379/0?password=abc") == "redis://h:6379/0?password=***"
+    assert redact_url("unix:///run/redis.sock?db=0") == "unix:///run/redis.sock?db=0"

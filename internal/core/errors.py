@@ -50,3 +50,7 @@ class Unauthenticated(ServiceError):
 
 class PermissionDenied(ServiceError):
     pass
+
+
+class ResourceExhausted(ServiceError):
+    """Too much from this caller (or in total) for now; retrying later with backoff may work."""

@@ -238,3 +238,7 @@ class ServiceEvents(Protocol):
     def fill_lag(self, seconds: float) -> None:
         """From answering a miss to the movie being in the cache."""
         ...
+
+    def auth_failure(self, reason: str) -> None:
+        """An Upsert refused before validation: missing, invalid, writes_disabled or rate_limited."""
+        ...

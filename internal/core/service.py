@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from movieservice.core.background import Background
 from movieservice.core.indexes import Indexes
 from movieservice.core.nearby import NearbyTheaters
+from movieservice.core.paging import PageTokens
 from movieservice.core.ports import Cache, ServiceEvents, Store
 from movieservice.core.ranking import Ranking
 from movieservice.core.reads import MovieReads
 from movieservice.core.top_rated import TopRatedPages
-from movieservice.core.writes import CacheRepairs, MovieWrites, Writers
+from movieservice.core.writers import FAILURES_PER_MINUTE, FailureLimiter, Writers
+from movieservice.core.writes import CacheRepairs, MovieWrites
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,14 @@ log = logging.getLogger(__name__)
 class ServiceOptions:
     """Tuning of the use cases (what an operator can set comes from Settings)."""
 
-    writer_tokens: Sequence[str] = ()
+    # Each writer's name and bearer token.
+    writer_tokens: Mapping[str, str] = field(default_factory=dict)
+    # Client-certificate subjects (mTLS) that may write without a token.
+    writer_subjects: Sequence[str] = ()
+    # Failed authentications per client address per minute; 0: no limit.
+    auth_failures_per_minute: int = FAILURES_PER_MINUTE
+    # Keys of TopRated page tokens: the first signs, all verify (none: a random one).
+    page_token_keys: Sequence[str] = ()
     ranking: Ranking = field(default_factory=Ranking)
     # Longest a background store call (early refresh, repair) may take.
     background_timeout_seconds: float = 5.0
@@ -75,8 +84,22 @@ class MovieService:
         cache.set_recovery_hook(repairs.apply)
         return cls(
             reads=reads,
-            writes=MovieWrites(cache, store, ranking, Writers(options.writer_tokens), repairs, background),
-            top_rated=TopRatedPages(cache, store, events, ranking, reads, indexes, background),
+            writes=MovieWrites(
+                cache,
+                store,
+                ranking,
+                Writers(
+                    options.writer_tokens,
+                    events,
+                    options.writer_subjects,
+                    FailureLimiter.per_minute(options.auth_failures_per_minute),
+                ),
+                repairs,
+                background,
+            ),
+            top_rated=TopRatedPages(
+                cache, store, events, ranking, reads, indexes, background, PageTokens(options.page_token_keys)
+            ),
             nearby=NearbyTheaters(cache, store, events, indexes, background),
             indexes=indexes,
             repairs=repairs,

@@ -10,12 +10,19 @@ from movieservice.core.background import Background
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import InvalidArgument, Unavailable, Violation
 from movieservice.core.indexes import Indexes
-from movieservice.core.paging import InvalidPageToken, decode_page_token, encode_page_token
+from movieservice.core.paging import InvalidPageToken, PageTokens
 from movieservice.core.ports import Cache, CacheUnavailable, RankedId, RankEntry, ServiceEvents, Store, TopCursor
 from movieservice.core.ranking import Ranking, genre_key
 from movieservice.core.reads import MovieReads
 from movieservice.core.store_calls import store_errors
 from movieservice.core.validation import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, check_genre, check_page_size
+
+# The largest message every gRPC client accepts by default is 4 MiB; a page
+# holds as many movies as fit in it, with room for the page token, and ends
+# early (with a next_page_token) when the movies asked for would not fit.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+MAX_PAGE_BYTES = MAX_RESPONSE_BYTES - 4 * 1024
+MOVIE_FRAMING_BYTES = 5  # its field tag and length
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class TopRatedPages:
         reads: MovieReads,
         indexes: Indexes,
         background: Background,
+        page_tokens: PageTokens,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -42,6 +50,7 @@ class TopRatedPages:
         self._reads = reads
         self._indexes = indexes
         self._background = background
+        self._page_tokens = page_tokens
 
     async def page(self, genre: str, page_size: int, page_token: str, deadline: Deadline) -> TopRatedPage:
         """InvalidArgument (page size, genre, page token), Unavailable, DeadlineExceeded."""
@@ -53,17 +62,25 @@ class TopRatedPages:
         cursor = None
         if page_token:
             try:
-                cursor = decode_page_token(page_token, genre)
+                cursor = self._page_tokens.decode(page_token, genre)
             except InvalidPageToken as error:
                 raise InvalidArgument([Violation("page_token", str(error))]) from None
         # One more than asked for tells whether there is a next page.
         ranked = await self._ranked(genre, cursor, page_size + 1, deadline)
         page = ranked[:page_size]
+        movies = await self._movies(page, deadline)
+        last = page[-1] if len(ranked) > page_size else None
+        size = 0
+        for index, (_, data) in enumerate(movies):
+            size += len(data) + MOVIE_FRAMING_BYTES
+            if size > MAX_PAGE_BYTES and index:
+                # The rest would not fit in what every client accepts: next page.
+                movies, last = movies[:index], movies[index - 1][0]
+                break
         next_token = ""
-        if len(ranked) > page_size:
-            last = page[-1]
-            next_token = encode_page_token(genre, TopCursor(score=last.score, movie_id=last.movie_id))
-        return TopRatedPage(await self._movies(page, deadline), next_token)
+        if last is not None:
+            next_token = self._page_tokens.encode(genre, TopCursor(score=last.score, movie_id=last.movie_id))
+        return TopRatedPage([data for _, data in movies], next_token)
 
     async def _ranked(self, genre: str, cursor: TopCursor | None, limit: int, deadline: Deadline) -> list[RankedId]:
         try:
@@ -83,9 +100,10 @@ class TopRatedPages:
             raise Unavailable("the TopRated index is being rebuilt; retry")
         return ranked
 
-    async def _movies(self, page: Sequence[RankedId], deadline: Deadline) -> list[bytes]:
+    async def _movies(self, page: Sequence[RankedId], deadline: Deadline) -> list[tuple[RankedId, bytes]]:
         """The serialized movies of `page`, in order: cached ones as they are,
-        the others read from the store (and cached in the background)."""
+        the others read from the store (and cached in the background); a movie
+        the store no longer has is left out."""
         found = {entry.movie_id: entry.data for entry in page if entry.data is not None}
         missing = [entry.movie_id for entry in page if entry.data is None]
         if missing:
@@ -93,7 +111,7 @@ class TopRatedPages:
             # cache is down: no coalescing then (see MovieReads.get).
             coalesce = len(missing) < len(page) or self._cache.available()
             found.update(await self._reads.load_many(missing, deadline, coalesce=coalesce))
-        return [data for entry in page if (data := found.get(entry.movie_id)) is not None]
+        return [(entry, data) for entry in page if (data := found.get(entry.movie_id)) is not None]
 
 
 def top_page_of(entries: Sequence[RankEntry], genre: str, cursor: TopCursor | None, limit: int) -> list[RankedId]:

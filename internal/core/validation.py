@@ -18,9 +18,45 @@ from movieservice.proto.movies.v1.movies_pb2 import Movie
 # Matched against the whole string (fullmatch): "$" would let a trailing newline through.
 OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 MIN_YEAR, MAX_YEAR = 1870, 2100
-MAX_TEXT = 20_000
-MAX_LIST = 1_000
 MAX_GENRE = 64
+# Every text of an Upsert's movie, at most this many bytes (UTF-8). The
+# largest in the real sample_mflix data are well inside: a 76-byte title, a
+# 1,979-byte full plot, a 164-byte poster URL (README: "Limits").
+TEXT_LIMITS: dict[str, int] = {
+    "title": 1_000,
+    "plot": 4_000,
+    "fullplot": 20_000,
+    "rated": 32,
+    "poster": 2_048,
+    "type": 32,
+    "awards.text": 1_000,
+    "tomatoes.production": 1_000,
+    "tomatoes.website": 2_048,
+    "tomatoes.consensus": 4_000,
+    "tomatoes.box_office": 64,
+}
+# Every list: at most so many entries of at most so many bytes each (the real
+# data's longest: 25 writers, the longest entry a 97-byte writer credit).
+LIST_LIMITS: dict[str, tuple[int, int]] = {
+    "genres": (20, MAX_GENRE),
+    "cast": (100, 200),
+    "directors": (100, 200),
+    "writers": (100, 200),
+    "languages": (50, 64),
+    "countries": (50, 64),
+}
+# Set by the server, so refused when longer than the server would write them.
+OUTPUT_TEXT_LIMITS: dict[str, int] = {"lastupdated": 64, "year_text": 32}
+# An upper bound on a valid movie's serialized size: every text and list
+# entry at its limit (with its tag and length), plus the numbers and dates.
+MAX_MOVIE_BYTES = (
+    sum(limit + 4 for limit in (TEXT_LIMITS | OUTPUT_TEXT_LIMITS).values())
+    + sum(entries * (limit + 3) for entries, limit in LIST_LIMITS.values())
+    + 26  # the id
+    + 1_024  # numbers, dates and the messages around them
+)
+# C0 and C1 control characters other than tab and newline.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 MAX_RADIUS_KM = 1000.0
 DEFAULT_RADIUS_KM = 10.0
 DEFAULT_LIMIT = 10
@@ -77,23 +113,8 @@ def check_upsert(movie: Movie | None) -> list[Violation]:
                 _check_timestamp(problems, getattr(tomatoes, name), f"movie.tomatoes.{name}")
     if movie.HasField("released"):
         _check_timestamp(problems, movie.released, "movie.released")
-    for name in ("genres", "cast", "directors", "writers", "languages", "countries"):
-        values = getattr(movie, name)
-        if len(values) > MAX_LIST:
-            problems.append(Violation(f"movie.{name}", f"must have at most {MAX_LIST} entries"))
-        for index, value in enumerate(values):
-            if not value.strip():
-                problems.append(Violation(f"movie.{name}[{index}]", "must not be empty"))
-                break
-    for index, genre in enumerate(movie.genres):
-        if len(genre) > MAX_GENRE or not genre.isprintable():
-            problems.append(
-                Violation(f"movie.genres[{index}]", f"must be printable and at most {MAX_GENRE} characters")
-            )
-            break
-    for name in ("title", "plot", "fullplot", "rated", "poster", "type"):
-        if len(getattr(movie, name)) > MAX_TEXT:
-            problems.append(Violation(f"movie.{name}", f"must be at most {MAX_TEXT} characters"))
+    _check_texts(problems, movie)
+    _check_lists(problems, movie)
     return problems
 
 
@@ -124,6 +145,49 @@ def check_page_size(page_size: int) -> list[Violation]:
     if page_size < 0:
         return [Violation("page_size", f"must not be negative (0 means {DEFAULT_PAGE_SIZE})")]
     return []
+
+
+def _check_texts(problems: list[Violation], movie: Movie) -> None:
+    for path, limit in (TEXT_LIMITS | OUTPUT_TEXT_LIMITS).items():
+        owner, name = _field_owner(movie, path)
+        if owner is not None:
+            problem = _text_problem(getattr(owner, name), limit)
+            if problem:
+                problems.append(Violation(f"movie.{path}", problem))
+
+
+def _check_lists(problems: list[Violation], movie: Movie) -> None:
+    for name, (entries, limit) in LIST_LIMITS.items():
+        values = getattr(movie, name)
+        if len(values) > entries:
+            problems.append(Violation(f"movie.{name}", f"must have at most {entries} entries"))
+            continue
+        for index, value in enumerate(values):
+            problem = "must not be empty" if not value.strip() else _text_problem(value, limit)
+            if not problem and name == "genres" and not value.isprintable():
+                problem = "must be printable"  # a genre is also a TopRated query, where the same holds
+            if problem:
+                problems.append(Violation(f"movie.{name}[{index}]", problem))
+                break  # one problem per list is enough to act on
+
+
+def _field_owner(movie: Movie, path: str) -> tuple[object | None, str]:
+    """The message holding `path`'s last field (None when a parent is absent)."""
+    *parents, name = path.split(".")
+    owner: object = movie
+    for parent in parents:
+        if not owner.HasField(parent):  # type: ignore[attr-defined]
+            return None, name
+        owner = getattr(owner, parent)
+    return owner, name
+
+
+def _text_problem(value: str, limit: int) -> str:
+    if len(value) * 4 > limit and len(value.encode()) > limit:  # most texts are short: skip the encode
+        return f"must be at most {limit} bytes (UTF-8)"
+    if CONTROL_CHARACTERS.search(value):
+        return "must not contain control characters (other than tab and newline)"
+    return ""
 
 
 def _check_number(problems: list[Violation], message: object, name: str, path: str, low: float, high: float) -> None:

@@ -9,45 +9,21 @@ applies such repairs before it trusts its cache again (`CacheRepairs`).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-from collections.abc import Sequence
 
 from movieservice.core.background import Background
 from movieservice.core.deadline import Deadline
-from movieservice.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from movieservice.core.errors import InvalidArgument
 from movieservice.core.ports import Cache, CacheUnavailable, DependencyError, ServiceEvents, Store, UpsertOutcome
 from movieservice.core.ranking import Ranking
 from movieservice.core.store_calls import store_errors
 from movieservice.core.validation import check_upsert
+from movieservice.core.writers import Credentials, Writers
 from movieservice.proto.movies.v1.movies_pb2 import Movie
 
 log = logging.getLogger(__name__)
 
 _REPAIR_RETRY_SECONDS = 0.1
-
-
-class Writers:
-    """Who may write: the holders of a bearer token (none configured: nobody)."""
-
-    def __init__(self, tokens: Sequence[str]) -> None:
-        self._tokens = [token.encode() for token in tokens if token]
-
-    def check(self, authorization: str | None) -> None:
-        """`authorization` is the request's "Bearer <token>" credential, if any.
-
-        PermissionDenied when writes are disabled, Unauthenticated when the
-        credential is missing or not one of the tokens (compared in constant time).
-        """
-        if not self._tokens:
-            raise PermissionDenied("writes are disabled: the server has no AUTH_TOKEN")
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("Upsert needs the metadata 'authorization: Bearer <token>'")
-        given = token.strip().encode()
-        # Every token is compared, so the time taken does not tell which one matched.
-        if not sum(hmac.compare_digest(given, known) for known in self._tokens):
-            raise Unauthenticated("the bearer token is not valid")
 
 
 class CacheRepairs:
@@ -139,12 +115,12 @@ class MovieWrites:
         self._repairs = repairs
         self._background = background
 
-    async def upsert(self, movie: Movie | None, authorization: str | None, deadline: Deadline) -> UpsertOutcome:
-        """Create or replace `movie` (None: the request had none), for a writer.
+    async def upsert(self, movie: Movie | None, credentials: Credentials, deadline: Deadline) -> UpsertOutcome:
+        """Create or replace `movie` (None: the request had none), for the writer `credentials` identify.
 
-        PermissionDenied, Unauthenticated, InvalidArgument, Unavailable, DeadlineExceeded.
+        PermissionDenied, Unauthenticated, ResourceExhausted, InvalidArgument, Unavailable, DeadlineExceeded.
         """
-        self._writers.check(authorization)
+        writer = self._writers.check(credentials)
         problems = check_upsert(movie)
         if problems:
             raise InvalidArgument(problems)
@@ -155,9 +131,9 @@ class MovieWrites:
         # Once begun, a write runs to its end even if the caller goes away: a
         # write the store took must reach the cache (or be recorded for repair)
         # whether or not anyone still waits for the answer.
-        return await self._background.finish(self._write(written, deadline.timeout()))
+        return await self._background.finish(self._write(written, writer, deadline.timeout()))
 
-    async def _write(self, movie: Movie, timeout: float) -> UpsertOutcome:
+    async def _write(self, movie: Movie, writer: str, timeout: float) -> UpsertOutcome:
         with store_errors():
             outcome = await self._store.upsert_movie(movie, timeout)
         stored = outcome.stored
@@ -169,5 +145,7 @@ class MovieWrites:
             # process repairs the cache before trusting it again.
             await self._repairs.record(stored.movie.id)
             log.warning("movie %s written; cache update deferred: %s", stored.movie.id, error)
-        log.info("upsert movie=%s version=%d created=%s", stored.movie.id, stored.version, outcome.created)
+        log.info(
+            "upsert movie=%s version=%d created=%s writer=%s", stored.movie.id, stored.version, outcome.created, writer
+        )
         return outcome

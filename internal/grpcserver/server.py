@@ -37,6 +37,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from movieservice.app import App, build_app
 from movieservice.config import Settings, redact_url
+from movieservice.core.top_rated import MAX_RESPONSE_BYTES
+from movieservice.core.validation import MAX_MOVIE_BYTES
 from movieservice.grpcserver.interceptor import PrometheusInterceptor
 from movieservice.grpcserver.registrar import Registrar
 from movieservice.grpcserver.servicer import SERVICE_NAME
@@ -52,6 +54,8 @@ SERVICE_NAMES = (
 )
 # Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
 MAX_STREAMS_PER_CONNECTION = 1000
+# UpsertRequest{movie}: the movie, its field tag and its length.
+MAX_REQUEST_BYTES = MAX_MOVIE_BYTES + 8
 # Keepalive: the server pings a connection idle this long and closes it when
 # the ping is not answered within _KEEPALIVE_TIMEOUT_MS.
 _KEEPALIVE_TIMEOUT_MS = 20_000
@@ -73,6 +77,12 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", int(settings.grace_period_seconds * 1000)),
+        # A request larger than the largest valid one (an Upsert of a movie
+        # with every field at its limit) is refused before it is parsed...
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        # ...and no answer exceeds what every gRPC client accepts by default
+        # (TopRated pages end early to stay within it).
+        ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
     ]
 
 
@@ -93,11 +103,13 @@ class ListenError(RuntimeError):
 
 
 def register(server: grpc.aio.Server, app: App, interceptor: PrometheusInterceptor | None = None) -> None:
-    """Add MovieService, health and reflection to `server`, every call observed by `interceptor`."""
+    """Add MovieService, health and (unless REFLECTION=0) reflection to
+    `server`, every call observed by `interceptor`."""
     app.servicer.register(Registrar(server), interceptor)
     registrar = Registrar(server, [interceptor] if interceptor else [])
     health_pb2_grpc.add_HealthServicer_to_server(app.health, registrar)
-    reflection.enable_server_reflection(SERVICE_NAMES, registrar)
+    if app.settings.reflection:
+        reflection.enable_server_reflection(SERVICE_NAMES, registrar)
 
 
 def create_server(settings: Settings, app: App) -> tuple[grpc.aio.Server, int]:
@@ -172,10 +184,11 @@ def _on_signal(signum: int, settings: Settings, stop: asyncio.Event) -> None:
 
 
 def start_metrics_http(settings: Settings, registry: CollectorRegistry = REGISTRY) -> WSGIServer | None:
-    """Serve `registry` on http://GRPC_HOST:METRICS_PORT/metrics (None when METRICS_PORT is 0)."""
+    """Serve `registry` on http://METRICS_HOST:METRICS_PORT/metrics (METRICS_HOST
+    empty: GRPC_HOST; None when METRICS_PORT is 0)."""
     if not settings.metrics_port:
         return None
-    host = settings.grpc_host.strip("[]") or "::"
-    metrics_server, _ = start_http_server(settings.metrics_port, addr=host, registry=registry)
-    log.info("serving Prometheus metrics on %s:%d/metrics", settings.grpc_host, settings.metrics_port)
+    host = settings.metrics_host or settings.grpc_host
+    metrics_server, _ = start_http_server(settings.metrics_port, addr=host.strip("[]") or "::", registry=registry)
+    log.info("serving Prometheus metrics on %s:%d/metrics", host, settings.metrics_port)
     return metrics_server

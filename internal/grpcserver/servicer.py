@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import InvalidArgument, ServiceError, Violation
 from movieservice.core.service import MovieService
+from movieservice.core.writers import Credentials
 from movieservice.grpcserver import wire
 from movieservice.grpcserver.interceptor import NoObserver, PrometheusInterceptor, ended_early
 from movieservice.grpcserver.registrar import Registrar
@@ -122,11 +123,8 @@ class MovieServicer:
     async def _upsert(
         self, request: movies_pb2.UpsertRequest, context: grpc.aio.ServicerContext[Any, Any], deadline: Deadline
     ) -> movies_pb2.UpsertResponse:
-        authorization = next(
-            (str(value) for key, value in context.invocation_metadata() or () if key == "authorization"), None
-        )
         movie = request.movie if request.HasField("movie") else None
-        outcome = await self._service.writes.upsert(movie, authorization, deadline)
+        outcome = await self._service.writes.upsert(movie, credentials_of(context), deadline)
         return movies_pb2.UpsertResponse(movie=outcome.stored.movie, created=outcome.created)
 
     async def _top_rated(self, request: movies_pb2.TopRatedRequest, context: Any, deadline: Deadline) -> bytes:
@@ -201,6 +199,27 @@ def _parser(name: str, deserializer: Callable[[bytes], Message]) -> Callable[[by
             raise InvalidArgument([Violation("request", f"is not a valid {name} request message")]) from None
 
     return parse
+
+
+def credentials_of(context: grpc.aio.ServicerContext[Any, Any]) -> Credentials:
+    """What the caller presented: its bearer token, its address and (mTLS) its certificate's subject."""
+    authorization = next(
+        (str(value) for key, value in context.invocation_metadata() or () if key == "authorization"), None
+    )
+    return Credentials(authorization, peer_address(context.peer()), certificate_subject(context))
+
+
+def certificate_subject(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The common name of the client certificate the TLS handshake verified (mTLS), if any."""
+    names = list(context.auth_context().get("x509_common_name") or ())
+    return names[0].decode(errors="replace") if names else None
+
+
+def peer_address(peer: str) -> str:
+    """ "ipv4:10.0.0.7:52044" -> "ipv4:10.0.0.7", "ipv6:[::1]:52044" -> "ipv6:[::1]": a
+    client's connections share its failure allowance whatever their port."""
+    address, colon, port = peer.rpartition(":")
+    return address if colon and port.isdigit() and address.count(":") >= 1 else peer
 
 
 def _serialize(message: Message) -> bytes:

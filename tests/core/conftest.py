@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import pytest
 
 from movieservice.core.service import MovieService, ServiceOptions
+from movieservice.core.writers import Credentials
 from tests.support.fakes import FakeCache, FakeStore, RecordedEvents
 
 TOKEN = "writer-token"
-BEARER = f"Bearer {TOKEN}"
+# A writer's credentials, as the servicer hands them to the use cases.
+WRITER = Credentials(authorization=f"Bearer {TOKEN}", peer="ipv4:192.0.2.1")
 
 
 @dataclass
@@ -29,6 +31,6 @@ class Core:
 @pytest.fixture
 async def core() -> AsyncIterator[Core]:
     cache, store, events = FakeCache(), FakeStore(), RecordedEvents()
-    service = MovieService.create(cache, store, events, ServiceOptions(writer_tokens=[TOKEN]))
+    service = MovieService.create(cache, store, events, ServiceOptions(writer_tokens={"test-writer": TOKEN}))
     yield Core(service, cache, store, events)
     await service.close()

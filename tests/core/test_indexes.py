@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
 import pytest
 
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import InvalidArgument
+from movieservice.core.paging import InvalidPageToken, PageTokens
+from movieservice.core.ports import TopCursor
+from movieservice.core.top_rated import MAX_PAGE_BYTES, MOVIE_FRAMING_BYTES
+from movieservice.core.validation import LIST_LIMITS, TEXT_LIMITS
 from movieservice.proto.movies.v1.movies_pb2 import Imdb, Movie, Theater
 
 DEADLINE = 5
@@ -75,3 +81,45 @@ async def test_nearby_checks_its_arguments(core):
     with pytest.raises(InvalidArgument) as raised:
         await core.service.nearby.search(91, float("nan"), -1, -1, soon())
     assert {v.field for v in raised.value.violations} == {"latitude", "longitude", "radius_km", "limit"}
+
+
+async def test_an_altered_or_forged_page_token_is_invalid(core):
+    seed_movies(core)
+    token = (await core.service.top_rated.page("", 2, "", soon())).next_page_token
+    body, _, mac = token.partition(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    payload["s"] = 100.0  # skip to wherever the client likes
+    altered = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=") + "." + mac
+    for bad in (altered, body, body + ".", f"{body}.{'A' * len(mac)}"):
+        with pytest.raises(InvalidArgument, match="not a token this service issued"):
+            await core.service.top_rated.page("", 2, bad, soon())
+
+
+def test_page_token_keys_rotate_one_at_a_time():
+    cursor = TopCursor(score=8.5, movie_id="a" * 24)
+    old, new = PageTokens(["old-key"]), PageTokens(["new-key", "old-key"])
+    token = old.encode("drama", cursor)
+    assert new.decode(token, "drama") == cursor  # issued before the rotation, still good
+    with pytest.raises(InvalidPageToken):
+        PageTokens(["new-key"]).decode(token, "drama")  # the old key retired
+    with pytest.raises(InvalidPageToken):
+        old.decode(new.encode("drama", cursor), "drama")  # signed with the new key only
+
+
+async def test_a_page_of_large_movies_ends_before_what_a_client_accepts_and_goes_on_next_page(core):
+    plot = "p" * TEXT_LIMITS["fullplot"]
+    cast = ["c" * LIST_LIMITS["cast"][1]] * LIST_LIMITS["cast"][0]
+    for i in range(100):
+        movie = Movie(id=f"{i:024x}", title=f"m{i}", fullplot=plot, cast=cast, writers=cast, directors=cast,
+                      imdb=Imdb(rating=5, votes=10_000))  # fmt: skip
+        core.store.add(movie)
+    seen, token, sizes = [], "", []
+    while True:
+        page = await core.service.top_rated.page("", 100, token, soon())
+        sizes.append(sum(len(m) + MOVIE_FRAMING_BYTES for m in page.movies))
+        seen += [Movie.FromString(m).id for m in page.movies]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(sizes) > 1 and max(sizes) <= MAX_PAGE_BYTES
+    assert sorted(seen) == [f"{i:024x}" for i in range(100)]

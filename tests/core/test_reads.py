@@ -9,6 +9,7 @@ import pytest
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from movieservice.proto.movies.v1.movies_pb2 import Movie
+from tests.core.conftest import WRITER
 from tests.support.fakes import down
 
 MOVIE_ID = "573a1390f29313caabcd42e8"
@@ -109,7 +110,7 @@ async def test_a_fill_older_than_a_write_does_not_land(core):
     reading = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, soon()))
     await asyncio.sleep(0.01)
     core.store.delay = 0
-    written = await core.service.writes.upsert(Movie(id=MOVIE_ID, title="v2"), "Bearer writer-token", soon())
+    written = await core.service.writes.upsert(Movie(id=MOVIE_ID, title="v2"), WRITER, soon())
     assert Movie.FromString(await reading).title == "v1"  # it read before the write
     await core.settle()
     assert core.cache.entries[MOVIE_ID] == (2, written.stored.data)

@@ -268,3 +268,6 @@ class RecordedEvents:
 
     def fill_lag(self, seconds: float) -> None:
         self.counts["fill_lag",] += 1
+
+    def auth_failure(self, reason: str) -> None:
+        self.counts["auth_failure", reason] += 1
