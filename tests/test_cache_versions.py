@@ -1,5 +1,6 @@
 """Versioned cache writes on a real Redis: whatever order fills, writes and
-rebuild entries arrive in, the newest version wins (hypothesis)."""
+rebuild entries arrive in, the newest version wins (hypothesis); and a fill
+lands only while the lease it took before its store read survives."""
 
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ def test_the_newest_version_wins_in_any_order(cache, server_loop, redis_client: 
     indexed = -1
     for kind, number in operations:
         if kind == "fill":
-            server_loop.run(cache.put_movie(MOVIE_ID, version(number), 0.01, cache.recovery_epoch()))
+            # A lease taken just now survives: the versions alone must refuse an old fill.
+            lease = server_loop.run(cache.lease_fill(MOVIE_ID, 5))
+            assert lease is not None
+            server_loop.run(cache.put_movie(MOVIE_ID, version(number), 0.01, cache.recovery_epoch(), lease))
         elif kind == "write":
             server_loop.run(cache.write_movie(version(number), ranking.entry(version(number))))
             arrived_writes.append(number)
@@ -79,3 +83,40 @@ def test_the_newest_version_wins_in_any_order(cache, server_loop, redis_client: 
         for genre in ("drama", "comedy", "war"):
             members = redis_client.zrange(f"versions:top:genre:{genre}", 0, -1, withscores=True)
             assert members == (expected if genre in entry.genres else [])
+
+
+def fill(cache: RedisCache, server_loop, number: int, lease: str) -> bool:
+    return server_loop.run(cache.put_movie(MOVIE_ID, version(number), 0.01, cache.recovery_epoch(), lease))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda client: client.flushall(),
+        lambda client: client.flushdb(),
+        lambda client: client.delete(*client.keys("versions:*")),  # `movieservice seed` on a live Redis
+    ],
+    ids=["flushall", "flushdb", "keys-deleted"],
+)
+def test_a_fill_whose_lease_went_with_lost_data_does_not_land(cache, server_loop, redis_client, loss):
+    """The race FLUSHALL opens: a miss reads v1, a write of v2 lands (with its
+    fence), Redis loses everything, the miss' fill of v1 arrives."""
+    redis_client.flushall()
+    lease = server_loop.run(cache.lease_fill(MOVIE_ID, 5))
+    assert lease is not None
+    server_loop.run(cache.write_movie(version(2), Ranking().entry(version(2))))
+    loss(redis_client)
+    assert not fill(cache, server_loop, 1, lease)
+    assert server_loop.run(cache.get_movie(MOVIE_ID)) is None
+
+
+def test_a_write_revokes_the_lease_even_of_a_fill_as_new_as_it(cache, server_loop, redis_client):
+    redis_client.flushall()
+    lease = server_loop.run(cache.lease_fill(MOVIE_ID, 5))
+    assert lease is not None and server_loop.run(cache.lease_fill(MOVIE_ID, 5)) is None  # one holder
+    server_loop.run(cache.write_movie(version(3), Ranking().entry(version(3))))
+    assert not fill(cache, server_loop, 3, lease)
+    again = server_loop.run(cache.lease_fill(MOVIE_ID, 5))
+    assert again is not None and not fill(cache, server_loop, 3, lease)  # an old lease is not the new one
+    assert fill(cache, server_loop, 3, again)
+    assert redis_client.exists(f"versions:lease:{MOVIE_ID}") == 0, "a fill ends its lease"

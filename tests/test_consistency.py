@@ -40,8 +40,8 @@ def movie_ids(stack: Stack, count: int = 6) -> list[str]:
         return sorted(str(doc["_id"]) for doc in client[DATABASE].movies.find({}, {"_id": 1}))[:count]
 
 
-def checker(stack: Stack, services) -> ConsistencyChecker:
-    return ConsistencyChecker([s.target for s in services], movie_ids(stack), AUTH_TOKEN)
+def checker(stack: Stack, services, **options) -> ConsistencyChecker:
+    return ConsistencyChecker([s.target for s in services], movie_ids(stack), AUTH_TOKEN, **options)
 
 
 def test_the_checker_finds_the_races_of_naive_cache_aside(stack):
@@ -110,6 +110,53 @@ def test_redis_paused_under_load(stack):
     assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}, report
 
 
+def test_redis_silently_losing_its_data_under_load(stack):
+    """FLUSHALL on a live Redis (an operator, `movieservice seed` on a shared
+    Redis, a failover behind a proxy): no connection error tells the service,
+    and the version fences vanish with the data. A fill must still not land a
+    movie older than a write acknowledged before the loss."""
+    import redis
+
+    services = stack.serve(2, argv=DELAYED_FILLS, **RACE_WINDOWS)
+    flushes = 0
+
+    def lose_data() -> None:
+        nonlocal flushes
+        with redis.Redis(port=stack.redis.port) as client:
+            for _ in range(40):
+                time.sleep(0.25)
+                client.flushall()
+                flushes += 1
+
+    report = checker(stack, services, write_pause=0.1).run(12, during=lose_data)
+    print(f"flushed {flushes} times: {report.reads} reads, {report.writes} writes, {len(report.stale)} stale")
+    assert report.reads > 300 and report.writes > 30, report
+    assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}, report
+    assert report.stale == []
+
+
+def test_redis_evicting_any_key_under_memory_pressure(stack):
+    """`maxmemory-policy allkeys-random` with too little memory: fences and
+    leases are evicted like any other key, with no error to tell."""
+    import redis
+
+    services = stack.serve(2, argv=DELAYED_FILLS, **RACE_WINDOWS)
+    with redis.Redis(port=stack.redis.port) as client:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", "allkeys-random")
+        client.config_set("maxmemory", str(used + 16 * 1024))
+        try:
+            report = checker(stack, services, write_pause=0.1).run(12)
+            evicted = int(client.info("stats")["evicted_keys"])
+        finally:
+            client.config_set("maxmemory", "0")
+    print(f"evicted {evicted} keys: {report.reads} reads, {report.writes} writes, {len(report.stale)} stale")
+    assert evicted > 20, "the memory limit did not make Redis evict"
+    assert report.reads > 300 and report.writes > 30, report
+    assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}, report
+    assert report.stale == []
+
+
 def test_writes_during_a_redis_outage_leave_nothing_stale_behind(stack):
     """Redis keeps its data through the outage (a network cut, not a restart):
     the copies it holds from before must not be served after it is back."""
@@ -134,6 +181,37 @@ def test_writes_during_a_redis_outage_leave_nothing_stale_behind(stack):
         for stub in stubs:
             assert stub.Get(movies_pb2.GetRequest(id=movie), timeout=10).movie.title == "written during the outage"
         time.sleep(0.05)
+
+
+def test_a_writer_killed_between_store_and_cache_leaves_no_lasting_stale_copy(stack):
+    """The writing process dies after MongoDB took the write and before Redis
+    got it: the intent it recorded first comes due (after the write's timeout,
+    1 s here, and a 2 s margin) and the other process repairs the cache, where
+    the old copy would otherwise live for its TTL (an hour)."""
+    [survivor] = stack.serve(1, REQUEST_TIMEOUT_SECONDS="1")
+    [dying] = stack.serve(1, argv=variant("dies-on-write"), REQUEST_TIMEOUT_SECONDS="1")
+    movie = movie_ids(stack)[0]
+    reader = movies_pb2_grpc.MovieServiceStub(grpc.insecure_channel(survivor.target))
+    old_title = reader.Get(movies_pb2.GetRequest(id=movie), timeout=10).movie.title
+    wait_for(lambda: cached_movies(stack) > 0, what="caching the movie")
+    writer = movies_pb2_grpc.MovieServiceStub(grpc.insecure_channel(dying.target))
+    with pytest.raises(grpc.RpcError) as died:
+        writer.Upsert(
+            movies_pb2.UpsertRequest(movie=movies_pb2.Movie(id=movie, title="written; then its writer died")),
+            metadata=(("authorization", f"Bearer {AUTH_TOKEN}"),),
+            timeout=10,
+        )
+    assert died.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert dying.process.wait(10) == 17
+    with pymongo.MongoClient(stack.mongo_url) as client:
+        assert client[DATABASE].movies.find_one({"title": "written; then its writer died"}) is not None
+    # The window: the cache still has the old copy...
+    assert reader.Get(movies_pb2.GetRequest(id=movie), timeout=10).movie.title == old_title
+    # ...for seconds, not an hour.
+    wait_for(
+        lambda: reader.Get(movies_pb2.GetRequest(id=movie), timeout=10).movie.title == "written; then its writer died",
+        what="the dead writer's intent coming due and being applied",
+    )
 
 
 def test_mongodb_stopped_and_restarted_under_load(stack):

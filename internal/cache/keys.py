@@ -13,7 +13,10 @@ prefix (REDIS_KEY_PREFIX, default "movieservice:").
   geo:theaters         GEO set of theater ids
   geo:theater          hash id -> exact coordinates + serialized Theater
   geo:ready            the format geo:theater was built in, once both keys are complete
-  lock:<name>          short-lived locks (index rebuilds, fill leases)
+  lease:<id>           a movie's fill lease: a random token, taken by a miss before
+                       its store read (TTL 2 s); a fill lands only while it is
+                       still there, and every write of the movie deletes it
+  lock:<name>          short-lived locks (index rebuilds)
 
 Index keys have no TTL: run Redis with `maxmemory-policy volatile-lru` (or
 volatile-lfu) so that only movie copies are evicted under memory pressure.
@@ -45,6 +48,9 @@ class Keys:
 
     def top_genre(self, genre: str) -> str:
         return self.top_genre_prefix + genre
+
+    def fill_lease(self, movie_id: str) -> str:
+        return f"{self.prefix}lease:{movie_id}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

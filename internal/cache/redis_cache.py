@@ -54,7 +54,8 @@ _GEO_FORMAT = "coordinates+theater/1"
 # Entries live MOVIE_TTL_SECONDS +- 10% so that entries loaded together do not expire together.
 _TTL_JITTER = 0.1
 OPERATIONS = (
-    "get", "put", "write", "top_page", "top_ready", "nearby", "geo_ready", "rebuild", "lock", "unlock", "clear", "ping",
+    "get", "put", "write", "top_page", "top_ready", "nearby", "geo_ready", "rebuild", "lease", "release",
+    "lock", "unlock", "clear", "ping",
 )  # fmt: skip
 
 
@@ -176,10 +177,26 @@ class RedisCache:
             near.put(movie_id, (data, expiry_ms, load_ms), sequence)
         return CachedMovie(data=data, refresh_early=xfetch.refresh_early(expiry_ms, load_ms))
 
-    async def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
+    async def lease_fill(self, movie_id: str, ttl_seconds: float) -> str | None:
+        token = secrets.token_hex(8)
+        acquired = await self._run(
+            "lease",
+            lambda: self._execute("SET", self.keys.fill_lease(movie_id), token, "NX", "PX", int(ttl_seconds * 1000)),
+        )
+        return token if acquired else None
+
+    async def release_fill(self, movie_id: str, lease: str) -> None:
+        await self._run(
+            "release", lambda: scripts.UNLOCK.run(self._execute, lock=self.keys.fill_lease(movie_id), token=lease)
+        )
+
+    async def put_movie(
+        self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int, lease: str
+    ) -> bool:
         # Read before the cache last recovered from an outage: the writes it
         # missed may be newer, and their fences may be gone with a restarted
-        # Redis. Drop it.
+        # Redis. Drop it. (The lease is gone too, in that case, unless the
+        # outage was a network cut: this check covers that one.)
         if read_epoch != self._breaker.recoveries:
             return False
         ttl_ms = (self._ttl_ms if stored is not None else self._negative_ttl_ms) * _jitter()
@@ -190,6 +207,8 @@ class RedisCache:
                     self._execute,
                     entry=self.keys.movie(movie_id),
                     versions=self.keys.top_version,
+                    lease=self.keys.fill_lease(movie_id),
+                    token=lease,
                     version=stored.version if stored is not None else -1,
                     body=stored.data if stored is not None else b"",
                     movie_id=movie_id,
@@ -218,6 +237,7 @@ class RedisCache:
             genres_of=self.keys.top_genres,
             ranked=self.keys.top_all,
             entry=self.keys.movie(rank.movie_id),
+            lease=self.keys.fill_lease(rank.movie_id),
             movie_id=rank.movie_id,
             version=rank.version,
             score="" if rank.score is None else repr(-rank.score),

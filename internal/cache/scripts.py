@@ -44,12 +44,12 @@ class LuaScript:
 
 PUT_MOVIE = LuaScript(
     "put_movie",
-    keys=("entry", "versions"),
-    args=("version", "body", "movie_id", "ttl_ms", "expires_at_ms", "load_ms"),
+    keys=("entry", "versions", "lease"),
+    args=("version", "body", "movie_id", "ttl_ms", "expires_at_ms", "load_ms", "token"),
 )
 WRITE_MOVIE = LuaScript(
     "write_movie",
-    keys=("versions", "genres_of", "ranked", "entry"),
+    keys=("versions", "genres_of", "ranked", "entry", "lease"),
     args=("movie_id", "version", "score", "genres", "genre_prefix", "body", "ttl_ms", "expires_at_ms"),
 )
 TOP_PAGE = LuaScript(

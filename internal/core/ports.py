@@ -130,11 +130,15 @@ class Store(Protocol):
 
     async def theaters(self, timeout: float) -> list[Theater]: ...
 
-    async def record_cache_repair(self, movie_id: str, timeout: float) -> None:
-        """Remember durably that the cached copy of `movie_id` may be outdated."""
+    async def record_cache_repair(self, movie_id: str, timeout: float, due_in_seconds: float = 0.0) -> CacheRepair:
+        """Remember durably that the cached copy of `movie_id` may be outdated,
+        from `due_in_seconds` from now on (the repair of a write still under way
+        is due once that write must have ended)."""
         ...
 
-    async def cache_repairs(self, timeout: float) -> list[CacheRepair]: ...
+    async def cache_repairs(self, timeout: float) -> list[CacheRepair]:
+        """The repairs that are due."""
+        ...
 
     async def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
         """Forget `repair`, unless it was recorded again since it was read."""
@@ -156,11 +160,24 @@ class Cache(Protocol):
         """Changes each time the cache comes back after an outage; take it before a store read."""
         ...
 
-    async def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
-        """Cache what the store returned (None: the movie does not exist), unless a
-        newer version is already known or the cache recovered from an outage since
-        `read_epoch` was taken; True if written. `load_seconds` is how long the
-        store read took (it paces early refreshes)."""
+    async def lease_fill(self, movie_id: str, ttl_seconds: float) -> str | None:
+        """Take the right to fill `movie_id`, before reading it from the store: a
+        token, or None while another caller holds it. Any write of the movie
+        revokes it, and so does anything that loses the cache's data."""
+        ...
+
+    async def release_fill(self, movie_id: str, lease: str) -> None:
+        """Give up a fill lease without filling."""
+        ...
+
+    async def put_movie(
+        self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int, lease: str
+    ) -> bool:
+        """Cache what the store returned (None: the movie does not exist) while
+        `lease` (taken before the store read) still holds, unless a newer
+        version is already known or the cache recovered from an outage since
+        `read_epoch` was taken; True if written. The lease ends either way.
+        `load_seconds` is how long the store read took (it paces early refreshes)."""
         ...
 
     async def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:

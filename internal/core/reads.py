@@ -3,7 +3,9 @@
 A hit answers from the cache. A miss reads the store once per process
 (single flight) and, across processes, once per fill lease; the answer does
 not wait for the cache fill, which runs in the background and lands only if
-nothing newer is known (versions, see `Cache.put_movie`). A hit close to
+the lease taken before the store read survived (no write of the movie and no
+loss of the cache's data since) and nothing newer is known (versions, see
+`Cache.put_movie`). A hit close to
 expiry refreshes the entry early (XFetch), once at a time per movie.
 """
 
@@ -123,31 +125,33 @@ class MovieReads:
                     raise
 
     async def _load_once(self, movie_id: str, timeout: float) -> bytes | None:
-        """Read the store unless another process holds the fill lease for this
-        movie, in which case wait (briefly) for its fill instead."""
-        lease = f"fill:{movie_id}"
-        token = None
+        """Read the store under the movie's fill lease, or, while another
+        process holds it, wait (briefly) for that process' fill instead."""
+        lease = None
         try:
-            token = await self._cache.try_lock(lease, self._lease_seconds)
+            lease = await self._cache.lease_fill(movie_id, self._lease_seconds)
             # With the lease, look again: the previous holder may have filled
             # the entry between this caller's miss and now.
             filled = (
                 await self._cache.get_movie(movie_id)
-                if token is not None
+                if lease is not None
                 else await self._wait_for_fill(movie_id, min(timeout, self._lease_seconds))
             )
             if filled is not None:
-                if token is not None:
-                    await self._cache.unlock(lease, token)
+                if lease is not None:
+                    await self._cache.release_fill(movie_id, lease)
                 self._events.coalesced("lease")
                 return filled.data
+            if lease is None:  # the holder did not fill in time: read (and fill) here
+                lease = await self._cache.lease_fill(movie_id, self._lease_seconds)
         except CacheUnavailable:
             pass
         epoch = self._cache.recovery_epoch()
         started = self._clock()
         stored = await self._store.get_movie(movie_id, timeout)
         answered = self._clock()
-        self._background.spawn(self._fill(movie_id, stored, epoch, answered - started, token, answered))
+        if lease is not None:
+            self._background.spawn(self._fill(movie_id, stored, epoch, answered - started, lease, answered))
         return None if stored is None else stored.data
 
     async def _wait_for_fill(self, movie_id: str, seconds: float) -> CachedMovie | None:
@@ -165,14 +169,14 @@ class MovieReads:
         stored: StoredMovie | None,
         epoch: int,
         load_seconds: float,
-        lease: str | None,
+        lease: str,
         answered: float,
     ) -> None:
+        """Cache what a store read returned, if its lease (taken before the
+        read) survived: no write and no loss of the cache's data since."""
         try:
-            await self._cache.put_movie(movie_id, stored, load_seconds, epoch)
-            self._events.fill_lag(self._clock() - answered)
-            if lease is not None:
-                await self._cache.unlock(f"fill:{movie_id}", lease)
+            if await self._cache.put_movie(movie_id, stored, load_seconds, epoch, lease):
+                self._events.fill_lag(self._clock() - answered)
         except CacheUnavailable as error:
             log.debug("could not cache movie %s: %s", movie_id, error)
 
@@ -185,10 +189,13 @@ class MovieReads:
 
     async def _refresh(self, movie_id: str) -> None:
         try:
+            lease = await self._cache.lease_fill(movie_id, self._lease_seconds)
+            if lease is None:
+                return  # another process is reading it
             epoch = self._cache.recovery_epoch()
             started = self._clock()
             stored = await self._store.get_movie(movie_id, self._refresh_timeout)
-            await self._cache.put_movie(movie_id, stored, self._clock() - started, epoch)
+            await self._cache.put_movie(movie_id, stored, self._clock() - started, epoch, lease)
             self._events.early_refresh()
         except DependencyError as error:
             log.debug("early refresh of %s failed: %s", movie_id, error)
@@ -198,25 +205,37 @@ class MovieReads:
     async def load_many(self, movie_ids: Sequence[str], deadline: Deadline, *, coalesce: bool) -> dict[str, bytes]:
         """The serialized movies of `movie_ids` the store holds, read in one call
         (shared with concurrent callers asking for the same ids when `coalesce`),
-        and cached in the background."""
-        epoch = self._cache.recovery_epoch()
-        started = self._clock()
+        and cached in the background (those whose fill lease this caller got)."""
 
         async def load(timeout: float) -> dict[str, StoredMovie]:
-            return await self._store.get_movies(movie_ids, timeout)
+            leases = await self._lease_fills(movie_ids)
+            epoch = self._cache.recovery_epoch()
+            started = self._clock()
+            stored = await self._store.get_movies(movie_ids, timeout)
+            answered = self._clock()
+            for movie_id, lease in leases.items():
+                fill = self._fill(movie_id, stored.get(movie_id), epoch, answered - started, lease, answered)
+                self._background.spawn(fill)
+            return stored
 
         if coalesce:
             stored, shared = await self._share(self._batch_loads, tuple(movie_ids), load, deadline, "movies")
+            if shared:
+                self._events.coalesced("in_process")
         else:
             with store_errors():
-                stored, shared = await load(deadline.timeout()), False
-        answered = self._clock()
-        if shared:
-            self._events.coalesced("in_process")
-        else:
-            for movie_id, item in stored.items():
-                self._background.spawn(self._fill(movie_id, item, epoch, answered - started, None, answered))
+                stored = await load(deadline.timeout())
         return {movie_id: item.data for movie_id, item in stored.items()}
+
+    async def _lease_fills(self, movie_ids: Sequence[str]) -> dict[str, str]:
+        """The fill leases of `movie_ids` this caller got (none while the cache is down)."""
+        if not self._cache.available():
+            return {}
+        try:
+            leases = await asyncio.gather(*(self._cache.lease_fill(m, self._lease_seconds) for m in movie_ids))
+        except CacheUnavailable:
+            return {}
+        return {movie_id: lease for movie_id, lease in zip(movie_ids, leases, strict=True) if lease is not None}
 
 
 def _found(movie_id: str, data: bytes | None) -> bytes:

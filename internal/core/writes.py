@@ -4,6 +4,13 @@ The store (the source of truth) takes the write first; then the cache, before
 the call returns. When the cache cannot take it, a durable repair is recorded
 in the store before the write is acknowledged, and every server process
 applies such repairs before it trusts its cache again (`CacheRepairs`).
+
+A process can also die between the two (killed, out of memory, its machine
+lost): the store has the write, the cache the old copy, and nobody is left to
+record a repair. So a write of an existing movie first records its repair as
+an intent, due only once the write must have ended; the writer clears it
+after its cache write, and if it never does, the intent comes due and any
+process applies it: the old copy lives seconds, not its TTL.
 """
 
 from __future__ import annotations
@@ -14,7 +21,15 @@ import logging
 from movieservice.core.background import Background
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import InvalidArgument
-from movieservice.core.ports import Cache, CacheUnavailable, DependencyError, ServiceEvents, Store, UpsertOutcome
+from movieservice.core.ports import (
+    Cache,
+    CacheRepair,
+    CacheUnavailable,
+    DependencyError,
+    ServiceEvents,
+    Store,
+    UpsertOutcome,
+)
 from movieservice.core.ranking import Ranking
 from movieservice.core.store_calls import store_errors
 from movieservice.core.validation import check_upsert
@@ -24,6 +39,9 @@ from movieservice.proto.movies.v1.movies_pb2 import Movie
 log = logging.getLogger(__name__)
 
 _REPAIR_RETRY_SECONDS = 0.1
+# How long after a write's own timeout its intent comes due: room for the
+# cache write (Redis calls time out after 0.5 s) and clocks a little apart.
+_INTENT_MARGIN_SECONDS = 2.0
 
 
 class CacheRepairs:
@@ -55,6 +73,22 @@ class CacheRepairs:
             await self._store.record_cache_repair(movie_id, self._timeout)
         self._events.cache_repair("recorded")
         self._wakeup.set()
+
+    async def intend(self, movie_id: str, timeout: float) -> CacheRepair:
+        """Before writing `movie_id` (within `timeout`): a repair that comes due
+        only if the write has not cleared it by the time it must have ended."""
+        with store_errors():
+            return await self._store.record_cache_repair(
+                movie_id, timeout, due_in_seconds=timeout + _INTENT_MARGIN_SECONDS
+            )
+
+    async def fulfilled(self, intent: CacheRepair) -> None:
+        """The write `intent` covers reached the cache: forget it (if this
+        fails, the intent comes due and is applied, which changes nothing)."""
+        try:
+            await self._store.clear_cache_repair(intent, self._timeout)
+        except DependencyError as error:
+            log.debug("write intent for %s left to come due: %s", intent.movie_id, error)
 
     async def apply(self) -> int:
         """Apply to the cache the current version of every movie whose write
@@ -134,11 +168,15 @@ class MovieWrites:
         return await self._background.finish(self._write(written, writer, deadline.timeout()))
 
     async def _write(self, movie: Movie, writer: str, timeout: float) -> UpsertOutcome:
+        # A movie without an id is new: the store names it, no copy of it can be cached.
+        intent = await self._repairs.intend(movie.id, timeout) if movie.id else None
         with store_errors():
             outcome = await self._store.upsert_movie(movie, timeout)
         stored = outcome.stored
         try:
             await self._cache.write_movie(stored, self._ranking.entry(stored))
+            if intent is not None:
+                self._background.spawn(self._repairs.fulfilled(intent))
         except CacheUnavailable as error:
             # The store has the write; the cache may still hold the old movie.
             # Record that durably before acknowledging, so that every server

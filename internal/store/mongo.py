@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pymongo
@@ -150,15 +150,23 @@ class MongoStore:
 
     # Cache repairs: a durable to-do list shared by every server process.
 
-    async def record_cache_repair(self, movie_id: str, timeout: float) -> None:
+    async def record_cache_repair(self, movie_id: str, timeout: float, due_in_seconds: float = 0.0) -> CacheRepair:
+        now = datetime.now(UTC)
         async with self._call("record_repair", timeout):
-            await self._repairs.update_one(
-                {"_id": movie_id}, {"$set": {"at": datetime.now(UTC)}, "$inc": {"n": 1}}, upsert=True
+            doc = await self._repairs.find_one_and_update(
+                {"_id": movie_id},
+                {"$set": {"at": now, "due": now + timedelta(seconds=due_in_seconds)}, "$inc": {"n": 1}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
             )
+        assert doc is not None  # an upsert returning the document after it
+        return CacheRepair(movie_id=movie_id, count=int(doc["n"]))
 
     async def cache_repairs(self, timeout: float) -> list[CacheRepair]:
+        # (Records from before due times existed are due.)
+        due = {"$or": [{"due": {"$lte": datetime.now(UTC)}}, {"due": {"$exists": False}}]}
         async with self._call("repairs", timeout):
-            docs = await self._repairs.find({}).limit(1000).to_list()
+            docs = await self._repairs.find(due).limit(1000).to_list()
         return [CacheRepair(movie_id=doc["_id"], count=int(doc.get("n", 0))) for doc in docs]
 
     async def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:

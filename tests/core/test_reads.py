@@ -139,3 +139,31 @@ async def test_a_caller_with_more_time_reads_again_when_the_shared_read_runs_out
         await hurried
     assert Movie.FromString(await patient).title == "slow"
     assert core.store.calls["get_movie"] == 2
+
+
+async def test_a_fill_does_not_land_when_the_cache_lost_its_data_after_a_newer_write(core):
+    """FLUSHALL between a write and an older read's fill takes the version
+    fence away with everything else: the fill lease, gone too, refuses it."""
+    core.store.add(Movie(id=MOVIE_ID, title="v1"), version=1)
+    core.store.delay = 0.05
+    reading = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, soon()))
+    await asyncio.sleep(0.01)
+    core.store.delay = 0
+    await core.service.writes.upsert(Movie(id=MOVIE_ID, title="v2"), WRITER, soon())
+    core.cache.lose_data()
+    assert Movie.FromString(await reading).title == "v1"  # it read before the write
+    await core.settle()
+    assert MOVIE_ID not in core.cache.entries, "the old read's fill landed after the loss"
+    assert Movie.FromString(await core.service.reads.get(MOVIE_ID, soon())).title == "v2"
+
+
+async def test_a_caller_that_waited_in_vain_for_anothers_fill_fills_itself(core):
+    core.store.add(Movie(id=MOVIE_ID, title="v1"), version=1)
+    abandoned = await core.cache.lease_fill(MOVIE_ID, 2)  # another process took it and died
+    assert abandoned is not None
+    waiting = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, Deadline.within(5)))
+    await asyncio.sleep(0.05)
+    del core.cache.leases[MOVIE_ID]  # its lease expires
+    assert Movie.FromString(await waiting).title == "v1"
+    await core.settle()
+    assert core.cache.entries[MOVIE_ID][0] == 1

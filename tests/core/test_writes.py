@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from movieservice.core import writes
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 from movieservice.core.service import MovieService, ServiceOptions
@@ -72,7 +73,7 @@ async def test_the_cache_being_down_records_a_repair_that_is_applied_later(core)
     core.cache.entries[MOVIE_ID] = (0, Movie(id=MOVIE_ID, title="old").SerializeToString())
     core.cache.unavailable = True
     outcome = await core.service.writes.upsert(Movie(id=MOVIE_ID, title="new"), WRITER, soon())
-    assert core.store.repairs == {MOVIE_ID: 1}
+    assert [r.movie_id for r in await core.store.cache_repairs(1)] == [MOVIE_ID]  # due at once
     assert core.events.counts["repair", "recorded"] == 1
     core.cache.unavailable = False
     assert await core.service.repairs.apply() == 1
@@ -144,3 +145,36 @@ def test_the_limiter_forgets_the_least_recent_addresses_beyond_its_size():
         limiter.failed(peer)
     assert limiter.retry_after("a") == 0  # forgotten
     assert limiter.retry_after("b") > 0 and limiter.retry_after("c") > 0
+
+
+async def test_a_write_records_its_intent_first_and_clears_it_once_the_cache_has_it(core):
+    core.store.add(Movie(id=MOVIE_ID, title="old"), version=1)
+    await core.service.writes.upsert(Movie(id=MOVIE_ID, title="new"), WRITER, soon())
+    assert core.store.calls["record_cache_repair"] == 1
+    await core.settle()
+    assert core.store.repairs == {}
+    assert core.events.counts["repair", "recorded"] == 0  # an intent is not a failure
+
+
+async def test_a_writer_that_dies_between_store_and_cache_leaves_a_repair_that_comes_due(monkeypatch):
+    """The process ends after the store took the write and before the cache
+    got it: the intent it recorded first is applied by any other process."""
+    monkeypatch.setattr(writes, "_INTENT_MARGIN_SECONDS", 0.05)
+    store, cache, events = FakeStore(), FakeCache(), RecordedEvents()
+    store.add(Movie(id=MOVIE_ID, title="old"), version=1)
+    cache.entries[MOVIE_ID] = (1, store.movies[MOVIE_ID].data)
+
+    async def dies(*_: object) -> None:
+        raise asyncio.CancelledError  # as a killed process looks from here: nothing after this runs
+
+    writer = MovieService.create(cache, store, events, ServiceOptions(writer_tokens={"w": "t"}))
+    cache.write_movie = dies  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await writer.writes.upsert(Movie(id=MOVIE_ID, title="new"), Credentials("Bearer t", "p"), Deadline.within(0.1))
+    del cache.write_movie
+    assert Movie.FromString(cache.entries[MOVIE_ID][1]).title == "old"
+    survivor = MovieService.create(cache, store, events)
+    assert await survivor.repairs.apply() == 0, "not due while the write may still be under way"
+    await asyncio.sleep(0.2)  # the write's timeout and the margin
+    assert await survivor.repairs.apply() == 1
+    assert Movie.FromString(cache.entries[MOVIE_ID][1]).title == "new"

@@ -46,10 +46,18 @@ class Report:
 
 class ConsistencyChecker:
     def __init__(
-        self, targets: list[str], movie_ids: list[str], token: str, readers: int = 8, pin_writers: bool = False
+        self,
+        targets: list[str],
+        movie_ids: list[str],
+        token: str,
+        readers: int = 8,
+        pin_writers: bool = False,
+        write_pause: float = 0.0,
     ) -> None:
         """With `pin_writers`, each movie is always written through the same
-        server, so that stale reads can be told apart by server."""
+        server, so that stale reads can be told apart by server. With
+        `write_pause`, each writer rests a random 0 to 2x that many seconds
+        between writes (a stale copy then lives until the next write)."""
         self._channels = [grpc.insecure_channel(target) for target in targets]
         self._stubs = [movies_pb2_grpc.MovieServiceStub(channel) for channel in self._channels]
         self._movies = movie_ids
@@ -61,6 +69,7 @@ class ConsistencyChecker:
         self._acked_version: dict[str, list[int]] = {m: [] for m in movie_ids}
         self._acked_server: dict[str, list[int]] = {m: [] for m in movie_ids}
         self._pin = pin_writers
+        self._write_pause = write_pause
         self.report = Report()
 
     def run(self, seconds: float, during: Callable[[], None] | None = None) -> Report:
@@ -86,7 +95,10 @@ class ConsistencyChecker:
     def _write(self, movie_id: str, stop: threading.Event) -> None:
         number = 0
         pinned = self._movies.index(movie_id) % len(self._stubs)
+        rng = random.Random(movie_id)
         while not stop.is_set():
+            if self._write_pause:
+                stop.wait(rng.uniform(0, 2 * self._write_pause))
             number += 1
             server = pinned if self._pin else random.randrange(len(self._stubs))
             stub = self._stubs[server]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from movieservice.proto.movies.v1.movies_pb2 import Movie, Theater
 class FakeStore:
     movies: dict[str, StoredMovie] = field(default_factory=dict)
     theater_list: list[Theater] = field(default_factory=list)
-    repairs: dict[str, int] = field(default_factory=dict)
+    repairs: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (count, due at)
     calls: Counter[str] = field(default_factory=Counter)
     # What every call does first: fail with this error, or wait this long.
     failure: Exception | None = None
@@ -81,17 +82,20 @@ class FakeStore:
         await self._enter("theaters", timeout)
         return list(self.theater_list)
 
-    async def record_cache_repair(self, movie_id: str, timeout: float) -> None:
+    async def record_cache_repair(self, movie_id: str, timeout: float, due_in_seconds: float = 0.0) -> CacheRepair:
         await self._enter("record_cache_repair", timeout)
-        self.repairs[movie_id] = self.repairs.get(movie_id, 0) + 1
+        count = self.repairs.get(movie_id, (0, 0.0))[0] + 1
+        self.repairs[movie_id] = (count, time.monotonic() + due_in_seconds)
+        return CacheRepair(movie_id, count)
 
     async def cache_repairs(self, timeout: float) -> list[CacheRepair]:
         await self._enter("cache_repairs", timeout)
-        return [CacheRepair(movie_id, count) for movie_id, count in self.repairs.items()]
+        now = time.monotonic()
+        return [CacheRepair(movie_id, count) for movie_id, (count, due) in self.repairs.items() if due <= now]
 
     async def clear_cache_repair(self, repair: CacheRepair, timeout: float) -> None:
         await self._enter("clear_cache_repair", timeout)
-        if self.repairs.get(repair.movie_id) == repair.count:
+        if self.repairs.get(repair.movie_id, (0, 0.0))[0] == repair.count:
             del self.repairs[repair.movie_id]
 
     async def ping(self, timeout: float) -> None:
@@ -108,7 +112,9 @@ def down() -> StoreUnavailable:
 @dataclass
 class FakeCache:
     """Versioned like the Redis scripts: a fill or write lands only when no
-    newer version is cached or fenced (the fences outlive the entries)."""
+    newer version is cached or fenced (the fences outlive the entries), and a
+    fill only while the lease it took before its store read is still there
+    (writes revoke it, and so does `lose_data()`)."""
 
     entries: dict[str, tuple[int, bytes | None]] = field(default_factory=dict)
     fences: dict[str, int] = field(default_factory=dict)
@@ -116,6 +122,7 @@ class FakeCache:
     top_ready: bool = False
     theaters: list[TheaterCandidate] | None = None
     locks: dict[str, str] = field(default_factory=dict)
+    leases: dict[str, str] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     unavailable: bool = False
     # Entries that say "refresh me early" (XFetch) on their next hit.
@@ -138,10 +145,34 @@ class FakeCache:
     def recovery_epoch(self) -> int:
         return self.epoch
 
-    async def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
+    def lose_data(self) -> None:
+        """What FLUSHALL does to Redis: everything goes, with no error to tell."""
+        self.entries.clear()
+        self.fences.clear()
+        self.ranked.clear()
+        self.leases.clear()
+        self.locks.clear()
+        self.top_ready = False
+
+    async def lease_fill(self, movie_id: str, ttl_seconds: float) -> str | None:
+        self._enter("lease_fill")
+        if movie_id in self.leases:
+            return None
+        lease = self.leases[movie_id] = secrets.token_hex(4)
+        return lease
+
+    async def release_fill(self, movie_id: str, lease: str) -> None:
+        self._enter("release_fill")
+        if self.leases.get(movie_id) == lease:
+            del self.leases[movie_id]
+
+    async def put_movie(
+        self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int, lease: str
+    ) -> bool:
         self._enter("put_movie")
-        if read_epoch != self.epoch:
+        if read_epoch != self.epoch or self.leases.get(movie_id) != lease:
             return False
+        del self.leases[movie_id]
         version = stored.version if stored is not None else -1
         cached = self.entries.get(movie_id, (-2, None))[0]
         if cached > version or self.fences.get(movie_id, -2) > version:
@@ -152,6 +183,7 @@ class FakeCache:
 
     async def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
         self._enter("write_movie")
+        self.leases.pop(rank.movie_id, None)
         known = self.fences.get(rank.movie_id, -2)
         if known <= stored.version and self.entries.get(rank.movie_id, (-2, None))[0] < stored.version:
             self.entries[rank.movie_id] = (stored.version, stored.data)

@@ -3,6 +3,7 @@ tests' server processes (the production settings know none of this):
 
     python -m tests.support.variants naive           # plain cache-aside, no version checks
     python -m tests.support.variants delayed-fills S # every fill waits S seconds after its store read
+    python -m tests.support.variants dies-on-write   # the process exits at its first cache write
 
 Both widen or open the races the consistency checker looks for: the naive
 cache shows that the checker finds them, the delayed fills that the real
@@ -12,7 +13,9 @@ cache survives them.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -39,15 +42,30 @@ class NaiveCache(RedisCache):
     cached, a write deletes the cached copy (and index entries follow in
     arrival order). Its races are the ones versions prevent."""
 
-    async def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
-        # Forget what the versioned script would compare with, then store.
-        await self._execute("HDEL", self.keys.top_version, movie_id)
-        await self._execute("DEL", self.keys.movie(movie_id))
-        return await super().put_movie(movie_id, stored, load_seconds, read_epoch)
+    async def put_movie(
+        self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int, lease: str
+    ) -> bool:
+        # Store, whatever was cached, fenced or leased meanwhile (and end the lease).
+        key = self.keys.movie(movie_id)
+        version, body = (stored.version, stored.data) if stored is not None else (-1, b"")
+        expires_at_ms = int(time.time() * 1000 + self._ttl_ms)
+        await self._execute("DEL", key)
+        await self._execute("HSET", key, "v", version, "b", body, "e", expires_at_ms, "d", 1)
+        await self._execute("PEXPIRE", key, int(self._ttl_ms))
+        await self._execute("DEL", self.keys.fill_lease(movie_id))
+        return True
 
     async def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
         await self._execute("DEL", self.keys.movie(rank.movie_id))
         await self._write_movie(rank, b"")
+
+
+class DiesOnWrite(RedisCache):
+    """A process that ends (as if killed) after the store took a write and
+    before the cache got it."""
+
+    async def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
+        os._exit(17)
 
 
 class DelayedFills:
@@ -58,9 +76,11 @@ class DelayedFills:
         self._cache = cache
         self._seconds = seconds
 
-    async def put_movie(self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int) -> bool:
+    async def put_movie(
+        self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int, lease: str
+    ) -> bool:
         await asyncio.sleep(self._seconds)
-        return await self._cache.put_movie(movie_id, stored, load_seconds, read_epoch)
+        return await self._cache.put_movie(movie_id, stored, load_seconds, read_epoch, lease)
 
     # Everything else as the wrapped cache does it.
     async def get_movie(self, movie_id: str) -> CachedMovie | None:
@@ -98,6 +118,12 @@ class DelayedFills:
     async def rebuild_geo_index(self, theaters: Sequence[Theater]) -> None:
         await self._cache.rebuild_geo_index(theaters)
 
+    async def lease_fill(self, movie_id: str, ttl_seconds: float) -> str | None:
+        return await self._cache.lease_fill(movie_id, ttl_seconds)
+
+    async def release_fill(self, movie_id: str, lease: str) -> None:
+        await self._cache.release_fill(movie_id, lease)
+
     async def try_lock(self, name: str, ttl_seconds: float) -> str | None:
         return await self._cache.try_lock(name, ttl_seconds)
 
@@ -125,6 +151,8 @@ def main(argv: Sequence[str]) -> int:
                 config.redis_url, metrics.dependencies, key_prefix=config.redis_key_prefix,
                 movie_ttl_seconds=config.movie_ttl_seconds, negative_ttl_seconds=config.negative_ttl_seconds,
             )  # fmt: skip
+        elif argv[0] == "dies-on-write":
+            cache = DiesOnWrite(config.redis_url, metrics.dependencies, key_prefix=config.redis_key_prefix)
         elif argv[0] == "delayed-fills":
             cache = DelayedFills(redis_cache(config, metrics), float(argv[1]))
         else:

@@ -2,11 +2,14 @@
 -- replace its cached copy (when a body is given and nothing newer is cached
 -- or fenced) and its TopRated entries (when the indexes hold an older
 -- version). Writes, repairs and rebuilds may arrive in any order and the
--- newest version still wins. Returns 1 if anything changed.
+-- newest version still wins. A write of the movie (a body given) revokes its
+-- fill lease: a store read that began before it must not fill. Returns 1 if
+-- anything changed.
 local versions = KEYS[1]       -- top:version, id -> last version applied (the fences, no TTL)
 local genres_of = KEYS[2]      -- top:genres, id -> its genres, "\n"-separated
 local ranked = KEYS[3]         -- top:all, the sorted set of every ranked movie
 local entry = KEYS[4]          -- movie:<id>
+local lease = KEYS[5]          -- lease:<id>, the fill lease
 local movie_id = ARGV[1]
 local version = ARGV[2]
 local score = ARGV[3]          -- minus the rank score (best first); empty: not ranked
@@ -16,6 +19,7 @@ local body = ARGV[6]           -- the serialized Movie; empty: update the indexe
 local ttl_ms = ARGV[7]
 local expires_at_ms = ARGV[8]
 
+if body ~= '' then redis.call('DEL', lease) end
 local v = tonumber(version)
 local known = tonumber(redis.call('HGET', versions, movie_id) or '-2')
 local applied = 0
