@@ -6,8 +6,14 @@ find, findAndModify (upsert, no projection), createIndexes, bulk writes.
 
 Every write is acknowledged with write concern `majority` (and journaled where
 the server honours it): an Upsert is reported as done only once MongoDB would
-keep it through a primary failover. FerretDB accepts and ignores write
-concerns; its own writes are durable when they return.
+keep it through a primary failover. Every read goes to the primary with read
+concern `majority`, whatever the connection string says: a secondary may lag
+behind an acknowledged write, and a read of a write a failover later rolls
+back would put a version into the cache that the store then reuses for other
+content. Writes and reads are retried once on a failover (retryWrites,
+retryReads). FerretDB accepts and ignores write and read concerns; its own
+writes are durable when they return, and it has no replica sets, so failover
+is exercised here only by reasoning (README "MongoDB beyond one node").
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from typing import Any
 
 import pymongo
 from bson import ObjectId
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, ReadPreference, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
+from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from movieservice.breaker import CircuitBreaker
@@ -52,6 +59,7 @@ THEATERS = "theaters"
 # Movies whose latest write could not be applied to the cache (see Store.record_cache_repair).
 CACHE_REPAIRS = "cache_repairs"
 WRITE_CONCERN = WriteConcern(w="majority", j=True)
+READ_CONCERN = ReadConcern("majority")
 OPERATIONS = (
     "get", "get_many", "upsert", "ratings", "theaters", "ping", "record_repair", "repairs", "clear_repair", "seed",
 )  # fmt: skip
@@ -75,8 +83,10 @@ class MongoStore:
             connectTimeoutMS=int(selection_timeout_seconds * 1000),
             event_listeners=list(event_listeners),
             tz_aware=True,
+            retryWrites=True,
+            retryReads=True,
         )
-        db = self._client.get_database(database)
+        db = self._client.get_database(database, read_preference=ReadPreference.PRIMARY, read_concern=READ_CONCERN)
         self._movies = db.get_collection(MOVIES, write_concern=WRITE_CONCERN)
         self._theaters = db.get_collection(THEATERS)
         self._repairs = db.get_collection(CACHE_REPAIRS, write_concern=WRITE_CONCERN)
