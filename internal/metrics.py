@@ -381,6 +381,13 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=registry,
         )
+        fills = Counter(
+            "movieservice_cache_fills_total",
+            "Cache fills after a store read, by result: applied, or refused (its fill lease was revoked by a "
+            "write or lost with Redis' data, or a newer version was already cached).",
+            ["result"],
+            registry=registry,
+        )
         auth_failures = Counter(
             "movieservice_auth_failures_total",
             "Upserts refused before validation, by reason: missing (no bearer credential), invalid "
@@ -396,6 +403,7 @@ class Metrics:
         self._repairs = {result: repairs.labels(result) for result in ("recorded", "applied")}
         self._rebuilds = {index: rebuilds.labels(index) for index in ("top_rated", "geo")}
         self._auth_failures = {reason: auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
+        self._fills = {result: fills.labels(result) for result in ("applied", "refused")}
         for dependency in DEPENDENCIES:
             self.dependencies.breaker_state(dependency, 0)
 
@@ -428,6 +436,9 @@ class Metrics:
 
     def fill_lag(self, seconds: float) -> None:
         self._fill_lag.observe(seconds)
+
+    def fill(self, result: str) -> None:
+        self._fills[result].inc()
 
     def auth_failure(self, reason: str) -> None:
         self._auth_failures[reason].inc()

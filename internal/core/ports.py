@@ -256,6 +256,12 @@ class ServiceEvents(Protocol):
         """From answering a miss to the movie being in the cache."""
         ...
 
+    def fill(self, result: str) -> None:
+        """A cache fill after a store read: applied, or refused (its lease was
+        revoked by a write or lost with the cache's data, or a newer version
+        was already there)."""
+        ...
+
     def auth_failure(self, reason: str) -> None:
         """An Upsert refused before validation: missing, invalid, writes_disabled or rate_limited."""
         ...

@@ -175,7 +175,9 @@ class MovieReads:
         """Cache what a store read returned, if its lease (taken before the
         read) survived: no write and no loss of the cache's data since."""
         try:
-            if await self._cache.put_movie(movie_id, stored, load_seconds, epoch, lease):
+            applied = await self._cache.put_movie(movie_id, stored, load_seconds, epoch, lease)
+            self._events.fill("applied" if applied else "refused")
+            if applied:
                 self._events.fill_lag(self._clock() - answered)
         except CacheUnavailable as error:
             log.debug("could not cache movie %s: %s", movie_id, error)
@@ -195,7 +197,8 @@ class MovieReads:
             epoch = self._cache.recovery_epoch()
             started = self._clock()
             stored = await self._store.get_movie(movie_id, self._refresh_timeout)
-            await self._cache.put_movie(movie_id, stored, self._clock() - started, epoch, lease)
+            applied = await self._cache.put_movie(movie_id, stored, self._clock() - started, epoch, lease)
+            self._events.fill("applied" if applied else "refused")
             self._events.early_refresh()
         except DependencyError as error:
             log.debug("early refresh of %s failed: %s", movie_id, error)

@@ -167,3 +167,18 @@ async def test_a_caller_that_waited_in_vain_for_anothers_fill_fills_itself(core)
     assert Movie.FromString(await waiting).title == "v1"
     await core.settle()
     assert core.cache.entries[MOVIE_ID][0] == 1
+
+
+async def test_fills_are_counted_applied_or_refused(core):
+    core.store.add(Movie(id=MOVIE_ID, title="v1"), version=1)
+    await core.service.reads.get(MOVIE_ID, soon())
+    await core.settle()
+    assert core.events.counts["fill", "applied"] == 1
+    core.cache.entries.clear()
+    core.store.delay = 0.05
+    reading = asyncio.ensure_future(core.service.reads.get(MOVIE_ID, soon()))
+    await asyncio.sleep(0.01)
+    core.cache.lose_data()  # the lease goes with it
+    await reading
+    await core.settle()
+    assert core.events.counts["fill", "refused"] == 1

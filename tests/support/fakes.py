@@ -301,5 +301,8 @@ class RecordedEvents:
     def fill_lag(self, seconds: float) -> None:
         self.counts["fill_lag",] += 1
 
+    def fill(self, result: str) -> None:
+        self.counts["fill", result] += 1
+
     def auth_failure(self, reason: str) -> None:
         self.counts["auth_failure", reason] += 1
