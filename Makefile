@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint fmt proto loadtest bench clean
+.PHONY: setup run test test-fast lint fmt proto lock loadtest bench clean
 
 setup: $(STAMP) .tools/bin/.ok
 
@@ -15,11 +15,14 @@ setup: $(STAMP) .tools/bin/.ok
 # with a trailing slash so `proto/` is the directory, not the phony target.
 PACKAGE_DIRS := $(patsubst %,%/,$(shell find internal proto -type d -not -name __pycache__))
 
-$(STAMP): pyproject.toml requirements.lock $(PACKAGE_DIRS)
+# Dependencies come from the dev lock (the runtime lock plus the dev extra), every
+# file checked against its hash; the project itself is built with the locked
+# setuptools (no build isolation, so nothing unhashed is fetched) and no deps.
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock $(PACKAGE_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	touch $@
 
 .tools/bin/.ok: scripts/install-tools.sh
@@ -52,6 +55,21 @@ fmt: setup
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
 	scripts/gen_go.sh
+
+# Re-lock after changing dependencies in pyproject.toml: requirements.lock (what the
+# package needs at run time) and requirements-dev.lock (that plus the dev extra, the
+# runtime lock as a constraint so shared packages get the same versions), both with
+# hashes, for CPython 3.11 on Linux x86_64 (CI's machine) wherever it runs. Versions
+# already locked are kept; UPGRADE="pkg ..." moves those packages to their newest.
+# tests/test_locks.py fails when the locks no longer match pyproject.toml or .venv.
+# uv comes from the dev lock; .venv is set up only when it has no uv, so that a
+# lock that no longer installs (hand-edited, conflicted) does not stop its repair.
+LOCK := $(BIN)/uv pip compile --quiet --no-config pyproject.toml
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+lock:
+	test -x $(BIN)/uv || $(MAKE) --no-print-directory $(STAMP)
+	$(LOCK) $(LOCK_FLAGS) -o requirements.lock $(foreach p,$(UPGRADE),--upgrade-package $(p))
+	$(LOCK) --extra dev -c requirements.lock $(LOCK_FLAGS) -o requirements-dev.lock $(foreach p,$(UPGRADE),--upgrade-package $(p))
 
 # ghz load tests of every RPC against the local stack (or TARGET=host:port TOKEN=...),
 # failing when a scenario breaks its error or p99 limit. Reports in reports/loadtest/.

@@ -7,7 +7,7 @@
 # Usage: scripts/gen_go.sh [OUTPUT_DIR]   (default: gen/go)
 #
 # protoc is grpcio-tools' (the same one scripts/gen_proto.py uses, pinned in
-# requirements.lock), so the "protoc" version written into the header of
+# requirements-dev.lock), so the "protoc" version written into the header of
 # movies.pb.go stays the same on every machine. The plugins are pinned here
 # and installed into .tools/bin when missing; scripts/install-tools.sh reads
 # these two lines too.

@@ -27,6 +27,7 @@ NOT_RUN_HERE = {
     "make bench": "minutes of load; BENCHMARKS.md records its run and command",
     "make loadtest": "minutes of load; tests/test_loadtest.py runs every scenario with --quick",
     "make fmt": "it rewrites files; `make lint` (run here) checks the formatting instead",
+    "make lock": "it rewrites the locks from PyPI; tests/test_locks.py checks them offline",
 }
 
 
