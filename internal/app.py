@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from grpc_health.v1 import health
 
-from movieservice.cache.redis_cache import RedisCache
+from movieservice.cache.redis_cache import RedisCache, tls_options
 from movieservice.config import Settings
 from movieservice.core.ports import Cache, Store
 from movieservice.core.ranking import Ranking
@@ -82,6 +82,7 @@ def redis_cache(settings: Settings, metrics: Metrics) -> RedisCache:
         top_index_tag=ranking_of(settings).tag,
         near_cache_size=settings.near_cache_size,
         near_cache_ttl_seconds=settings.near_cache_ttl_seconds,
+        tls=tls_options(settings.redis_ca_file, settings.redis_cert_file, settings.redis_key_file),
     )
 
 

@@ -7,7 +7,9 @@
                                [--rating 8.1 --votes 5000]
 
 It talks to --target (default localhost:GRPC_PORT) and, for upsert, sends
-AUTH_TOKEN (or --token) as a bearer token. Errors print the status code, the
+AUTH_TOKEN (or --token) as a bearer token. With --cacert (the CA that signed
+the server's certificate) it connects over TLS, and with --cert and --key it
+presents a client certificate (mTLS). Errors print the status code, the
 message and any field violations, and exit with status 1.
 """
 
@@ -17,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
@@ -29,6 +32,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     client = commands.add_parser("client", help="call the service from the command line")
     client.add_argument("--target", help="host:port (default localhost:$GRPC_PORT or localhost:50051)")
     client.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    client.add_argument("--cacert", help="connect over TLS, trusting the CA certificates in this PEM file")
+    client.add_argument("--cert", help="client certificate (PEM) for mTLS; needs --key")
+    client.add_argument("--key", help="the client certificate's private key (PEM)")
     calls = client.add_subparsers(dest="call", required=True)
     get = calls.add_parser("get", help="a movie by id")
     get.add_argument("id")
@@ -53,7 +59,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     target = args.target or f"localhost:{os.environ.get('GRPC_PORT', '50051')}"
-    with grpc.insecure_channel(target) as channel:
+    if bool(args.cert) != bool(args.key):
+        print("--cert and --key go together", file=sys.stderr)
+        return 2
+    try:
+        channel = _channel(target, args)
+    except OSError as error:
+        print(f"cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    with channel:
         stub = movies_pb2_grpc.MovieServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             for line in _call(stub, args):
@@ -62,6 +76,19 @@ def run(args: argparse.Namespace) -> int:
             print(_describe(error), file=sys.stderr)
             return 1
     return 0
+
+
+def _channel(target: str, args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, or TLS when any of --cacert/--cert/--key is given (without
+    --cacert, the system's CA certificates are trusted)."""
+    if not (args.cacert or args.cert):
+        return grpc.insecure_channel(target)
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(read(args.cacert), read(args.key), read(args.cert))
+    return grpc.secure_channel(target, credentials)
 
 
 def _call(stub: movies_pb2_grpc.MovieServiceStub, args: argparse.Namespace) -> list[str]:

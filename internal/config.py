@@ -33,6 +33,18 @@ class Settings:
     redis_url: str = "redis://localhost:6379/0"
     grpc_host: str = "[::]"
     grpc_port: int = 50051
+    # TLS: the server's certificate chain and private key (PEM), both or
+    # neither; reloaded when the files change (grpcserver/tls.py).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # mTLS: the CA bundle (PEM) client certificates must chain to; set, every
+    # client must present one.
+    tls_client_ca_file: str = ""
+    # rediss:// URLs: the CA bundle the Redis server's certificate must chain
+    # to (empty: the system's), and a client certificate and key if Redis asks.
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
     # 0 disables the /metrics endpoint.
     metrics_port: int = 9464
     # Where /metrics listens; empty: GRPC_HOST (`movieservice dev`: loopback).
@@ -70,6 +82,9 @@ class Settings:
     # Deadline applied to store calls when the client sets none.
     request_timeout_seconds: float = 5.0
     grace_period_seconds: float = 10.0
+    # On SIGTERM, how long the server keeps serving with health NOT_SERVING
+    # before it stops taking calls: time for load balancers to stop sending.
+    drain_seconds: float = 0.0
     # Weighted-rating parameters of TopRated (see README "How TopRated ranks").
     toprated_min_votes: float = 1000.0
     toprated_prior_rating: float = 6.5
@@ -103,6 +118,8 @@ class Settings:
                 raise ConfigError(f"{name.upper()} must be a positive number, got {value}")
         if not (math.isfinite(self.grace_period_seconds) and self.grace_period_seconds >= 0):
             raise ConfigError(f"GRACE_PERIOD_SECONDS must be >= 0, got {self.grace_period_seconds}")
+        if not (math.isfinite(self.drain_seconds) and self.drain_seconds >= 0):
+            raise ConfigError(f"DRAIN_SECONDS must be >= 0, got {self.drain_seconds}")
         if not (math.isfinite(self.toprated_min_votes) and self.toprated_min_votes >= 0):
             raise ConfigError("TOPRATED_MIN_VOTES must be >= 0")
         if not (0 <= self.toprated_prior_rating <= 10):
@@ -120,10 +137,27 @@ class Settings:
                 "REDIS_KEY_PREFIX must be non-empty without glob characters (* ? [ ] \\), "
                 f"got {self.redis_key_prefix!r}"
             )
+        self._check_tls_files()
         self.writers()  # each AUTH_TOKENS entry is name:token
+        if self.auth_client_subjects and not self.tls_client_ca_file:
+            raise ConfigError("AUTH_CLIENT_SUBJECTS names client certificates: it needs mTLS (TLS_CLIENT_CA_FILE)")
         for key in self.page_token_keys:
             if len(key) < MIN_KEY_LENGTH:
                 raise ConfigError(f"each PAGE_TOKEN_KEYS key must be at least {MIN_KEY_LENGTH} characters")
+
+    def _check_tls_files(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both (TLS) or neither (plaintext)")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("TLS_CLIENT_CA_FILE (mTLS) needs TLS_CERT_FILE and TLS_KEY_FILE too")
+        if bool(self.redis_cert_file) != bool(self.redis_key_file):
+            raise ConfigError("REDIS_CERT_FILE and REDIS_KEY_FILE go together: set both or neither")
+        redis_tls = {"REDIS_CA_FILE": self.redis_ca_file, "REDIS_CERT_FILE": self.redis_cert_file}
+        for name, value in redis_tls.items():
+            if value and not self.redis_url.startswith("rediss://"):
+                raise ConfigError(f"{name} is for TLS connections to Redis: REDIS_URL must start with rediss://")
+        for name in _TLS_FILES:
+            _check_readable(name.upper(), getattr(self, name))
 
     @property
     def grpc_address(self) -> str:
@@ -142,6 +176,28 @@ class Settings:
                 raise ConfigError(f"AUTH_TOKENS names the writer {name!r} twice (or as AUTH_TOKEN's 'default')")
             writers[name] = token
         return writers
+
+
+_TLS_FILES = (
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "redis_ca_file",
+    "redis_cert_file",
+    "redis_key_file",
+)
+
+
+def _check_readable(name: str, path: str) -> None:
+    """A file setting names a file this process can read (its contents are
+    checked where they are used)."""
+    if not path:
+        return
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise ConfigError(f"{name}: cannot read {path!r}: {error.strerror or error}") from None
 
 
 def _check_port(name: str, port: int, *, allow_zero: bool) -> None:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond Python packages; idempotent.
-#   Debian packages: redis-server (tests, `make run`), prometheus (observability tests)
+#   Debian packages: redis-server (tests, `make run`), prometheus (observability tests),
+#   nginx (the load-balancer test runs its binary with a config of its own; the package's
+#   default site is not used)
 #   Go tools into .tools/bin: ferretdb (a MongoDB-compatible server), grpcurl, ghz
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +27,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-apt_install redis-server redis-tools prometheus nghttp2-client
+apt_install redis-server redis-tools prometheus nghttp2-client nginx
+# docker-compose (1.29): tests/test_deployments.py validates the compose file with
+# `docker-compose config`, which needs no container engine.
+apt_install docker-compose
 
 command -v go >/dev/null || { echo "install-tools: Go is required to build ferretdb, grpcurl and ghz" >&2; exit 1; }
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local

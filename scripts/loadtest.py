@@ -119,20 +119,27 @@ def write_data(target: str) -> dict[str, Path]:
 def run_ghz(name: str, target: str, token: str, data: dict[str, Path], quick: bool, mixed: bool = False) -> Path:
     config = load_config(name)
     report = REPORTS / f"{'mixed-' if mixed else ''}{name}.json"
-    argv = [find_tool("ghz"), f"--config={CONFIGS / f'{name}.json'}"]
+    options: list[str] = []
+    total = int(config["total"])
+    if mixed:
+        rate = int(config["tags"]["mixed_rps"])
+        options.append(f"--rps={rate}")
+        total = rate * MIXED_SECONDS
+    options.append(f"--total={QUICK_TOTAL if quick else total}")
+    if quick:
+        options.append(f"--concurrency={min(int(config['concurrency']), QUICK_CONCURRENCY)}")
+    return ghz(name, target, token, data, options, report, ["json"] if quick else ["json", "html"])
+
+
+def ghz(
+    name: str, target: str, token: str, data: dict[str, Path], options: list[str], report: Path, formats: list[str]
+) -> Path:
+    """Run scenario `name`'s config with `options` added, once per report format; returns the JSON report."""
+    argv = [find_tool("ghz"), f"--config={CONFIGS / f'{name}.json'}", *options]
     if name in data:
         argv.append(f"--data-file={data[name]}")
     if name == "upsert":
         argv.append("--metadata=" + json.dumps({"authorization": f"Bearer {token}"}))
-    total = int(config["total"])
-    if mixed:
-        rate = int(config["tags"]["mixed_rps"])
-        argv.append(f"--rps={rate}")
-        total = rate * MIXED_SECONDS
-    argv.append(f"--total={QUICK_TOTAL if quick else total}")
-    if quick:
-        argv.append(f"--concurrency={min(int(config['concurrency']), QUICK_CONCURRENCY)}")
-    formats = ["json"] if quick else ["json", "html"]
     for fmt in formats:
         output = report.with_suffix(f".{fmt}")
         # The configs name the .proto relative to the project root.
@@ -141,7 +148,34 @@ def run_ghz(name: str, target: str, token: str, data: dict[str, Path], quick: bo
         )
         if result.returncode != 0:
             raise SystemExit(f"loadtest: ghz failed on {name}: {result.stderr.strip()}")
-    return report
+    return report.with_suffix(".json")
+
+
+def run_steady(target: str, token: str, data: dict[str, Path], seconds: float, reports: Path) -> dict[str, Path]:
+    """Every RPC at once, each at its steady rate (its config's `mixed_rps`), for
+    `seconds`: the mixed scenario's load for as long as a caller needs it (the
+    load-balancer test restarts an instance meanwhile). Returns each scenario's
+    JSON report, in `reports`."""
+    reports.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    failures: dict[str, str] = {}
+
+    def one(name: str) -> None:
+        rate = int(load_config(name)["tags"]["mixed_rps"])
+        options = [f"--rps={rate}", f"--total={int(rate * seconds)}"]
+        try:
+            paths[name] = ghz(name, target, token, data, options, reports / f"{name}.json", ["json"])
+        except SystemExit as failure:  # (a thread would swallow it)
+            failures[name] = str(failure)
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in SCENARIOS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError("; ".join(failures.values()))
+    return paths
 
 
 def judge(name: str, report_path: Path, *, latency_limits: bool = True) -> tuple[bool, str]:

@@ -97,3 +97,11 @@ def test_secrets_in_query_options_are_redacted_too():
     )
     assert redact_url("redis://h:6379/0?password=abc") == "redis://h:6379/0?password=***"
     assert redact_url("unix:///run/redis.sock?db=0") == "unix:///run/redis.sock?db=0"
+
+
+def test_drain_seconds_defaults_to_zero_and_must_not_be_negative():
+    assert load_settings({}, None).drain_seconds == 0
+    assert load_settings({"DRAIN_SECONDS": "7.5"}, None).drain_seconds == 7.5
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="DRAIN_SECONDS must be >= 0"):
+            load_settings({"DRAIN_SECONDS": bad}, None)

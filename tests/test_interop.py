@@ -13,16 +13,20 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis
 
-from movieservice.proto.movies.v1 import movies_pb2
-from tests.conftest import AUTH_TOKEN, PROJECT_ROOT
+from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
+from tests.conftest import AUTH_TOKEN, PROJECT_ROOT, serve_in_process
+from tests.support.certs import Pki, make_pki, requires_openssl
 from tests.support.data import has_real_data
+from tests.support.inprocess import ServedApp
 from tests.support.proxy import FaultProxy
 from tests.support.reference import all_theaters
 
@@ -101,17 +105,50 @@ class Service:
     mongo_proxy: FaultProxy
     seeded_ids: list[str]
     nearby_point: tuple[float, float]
+    # The clients' --cacert/--cert/--key when the service speaks TLS.
+    tls_flags: dict[str, str] = field(default_factory=dict)
+
+
+def nearby_point(mongo_url: str, database: str) -> tuple[float, float]:
+    """Nearby's point: the README's (a theater in Bloomington, MN) in the real
+    data, the first theater in synthetic data."""
+    if has_real_data():
+        return (44.85, -93.24)
+    _, latitude, longitude = all_theaters(mongo_url, database)[0]
+    return (latitude, longitude)
 
 
 @pytest.fixture
 def service(stub, grpc_target, redis_client, mongo_proxy, seeded_ids, mongo_url, seeded) -> Service:
-    # Nearby's point: the README's (a theater in Bloomington, MN) in the real
-    # data, the first theater in synthetic data.
-    point = (44.85, -93.24)
-    if not has_real_data():
-        _, latitude, longitude = all_theaters(mongo_url, seeded)[0]
-        point = (latitude, longitude)
-    return Service(stub, grpc_target, redis_client, mongo_proxy, seeded_ids, point)
+    return Service(stub, grpc_target, redis_client, mongo_proxy, seeded_ids, nearby_point(mongo_url, seeded))
+
+
+@pytest.fixture(scope="module")
+def mtls_served(settings, server_loop, tmp_path_factory) -> Iterator[tuple[ServedApp, Pki]]:
+    """The service over mTLS (a client certificate of the test CA required)."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    mutual = replace(
+        settings,
+        tls_cert_file=str(pki.server.cert),
+        tls_key_file=str(pki.server.key),
+        tls_client_ca_file=str(pki.ca.cert),
+    )
+    running = serve_in_process(server_loop, mutual)
+    yield running, pki
+    running.stop()
+
+
+@pytest.fixture
+def mtls_service(mtls_served, redis_client, mongo_proxy, seeded_ids, mongo_url, seeded) -> Iterator[Service]:
+    running, pki = mtls_served
+    credentials = grpc.ssl_channel_credentials(
+        pki.ca.cert.read_bytes(), pki.client.key.read_bytes(), pki.client.cert.read_bytes()
+    )
+    with grpc.secure_channel(running.target, credentials) as channel:
+        stub = movies_pb2_grpc.MovieServiceStub(channel)  # type: ignore[no-untyped-call]
+        flags = {"cacert": str(pki.ca.cert), "cert": str(pki.client.cert), "key": str(pki.client.key)}
+        point = nearby_point(mongo_url, seeded)
+        yield Service(stub, running.target, redis_client, mongo_proxy, seeded_ids, point, flags)
 
 
 def wait_until_cached(client: redis.Redis, movie_id: str, timeout: float = 5.0) -> None:
@@ -127,7 +164,7 @@ def run_client(client: list[str], service: Service, movie_id: str, slow_id: str)
     returns its steps by name."""
     latitude, longitude = service.nearby_point
     flags = {"target": service.target, "token": AUTH_TOKEN, "id": movie_id, "slow-id": slow_id}
-    flags |= {"latitude": str(latitude), "longitude": str(longitude)}
+    flags |= {"latitude": str(latitude), "longitude": str(longitude)} | service.tls_flags
     # --name=value suits both Go's flag package and Node's parseArgs (which
     # refuses "--longitude -93.24": a value starting with a dash looks like an option).
     argv = [*client, *(f"--{name}={value}" for name, value in flags.items())]
@@ -203,3 +240,57 @@ def test_go_client_calls_every_rpc(go_client, service):
 @requires_node
 def test_node_client_calls_every_rpc(node_client, service):
     check_interop(node_client, "Node", service.seeded_ids[-8], service)
+
+
+@pytest.mark.slow
+@requires_openssl
+@requires_go
+def test_go_client_calls_every_rpc_over_mtls(go_client, mtls_service):
+    check_interop(go_client, "Go", mtls_service.seeded_ids[-9], mtls_service)
+
+
+@pytest.mark.slow
+@requires_openssl
+@requires_node
+def test_node_client_calls_every_rpc_over_mtls(node_client, mtls_service):
+    check_interop(node_client, "Node", mtls_service.seeded_ids[-10], mtls_service)
+
+
+def refused_flags(pki: Pki) -> dict[str, dict[str, str]]:
+    """TLS flags of clients that mTLS must refuse: no certificate, and one from another CA."""
+    return {
+        "no certificate": {"cacert": str(pki.ca.cert)},
+        "another CA's certificate": {
+            "cacert": str(pki.ca.cert),
+            "cert": str(pki.other_client.cert),
+            "key": str(pki.other_client.key),
+        },
+    }
+
+
+@requires_openssl
+@requires_go
+def test_go_client_is_refused_under_mtls_without_a_certificate_of_the_ca(go_client, mtls_served, mtls_service):
+    for tls_flags in refused_flags(mtls_served[1]).values():
+        assert_refused(go_client, mtls_service, tls_flags)
+
+
+@requires_openssl
+@requires_node
+def test_node_client_is_refused_under_mtls_without_a_certificate_of_the_ca(node_client, mtls_served, mtls_service):
+    for tls_flags in refused_flags(mtls_served[1]).values():
+        assert_refused(node_client, mtls_service, tls_flags)
+
+
+def assert_refused(client: list[str], service: Service, tls_flags: dict[str, str]) -> None:
+    """`client` over `tls_flags` gets no answer: its calls fail with UNAVAILABLE
+    (the handshake is refused; the step with a 200 ms deadline may see that first)."""
+    flags = {"target": service.target, "id": service.seeded_ids[0], "slow-id": service.seeded_ids[1]} | tls_flags
+    result = subprocess.run(
+        [*client, *(f"--{name}={value}" for name, value in flags.items())], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    steps = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [s["step"] for s in steps] == STEPS, result.stdout
+    assert steps[0]["code"] == "UNAVAILABLE", result.stdout
+    assert {s["code"] for s in steps} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, result.stdout

@@ -16,7 +16,7 @@ import random
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -74,6 +74,14 @@ def redis_pool(url: str, timeout_seconds: float, **options: Any) -> aioredis.Con
     )
 
 
+def tls_options(ca_file: str = "", cert_file: str = "", key_file: str = "") -> dict[str, str]:
+    """redis-py's options of a rediss:// connection: the CA bundle the server's
+    certificate must chain to (empty: the system's), and the client certificate
+    and key for a Redis that asks for one. The server's name is checked too."""
+    files = {"ssl_ca_certs": ca_file, "ssl_certfile": cert_file, "ssl_keyfile": key_file}
+    return {option: path for option, path in files.items() if path}
+
+
 class RedisCache:
     def __init__(
         self,
@@ -88,9 +96,12 @@ class RedisCache:
         breaker_reset_seconds: float = 1.0,
         near_cache_size: int = 0,
         near_cache_ttl_seconds: float = 30.0,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
+        """`tls`: `tls_options(...)` for a rediss:// `url`; every connection (the
+        commands' and the near cache's invalidations') uses them."""
         self._timeout_seconds = timeout_seconds
-        self._pool = redis_pool(url, timeout_seconds)
+        self._pool = redis_pool(url, timeout_seconds, **(tls or {}))
         self._redis = AutoPipeline(self._pool.make_connection, timeout_seconds=timeout_seconds)
         self._execute = self._redis.execute
         self.keys = Keys(key_prefix)
@@ -113,7 +124,7 @@ class RedisCache:
         if near_cache_size > 0:
             self._near = NearCache(near_cache_size, near_cache_ttl_seconds)
             self._listener = InvalidationListener(
-                url, timeout_seconds, self.keys.movie_prefix, self._near, self._breaker_closed
+                url, timeout_seconds, self.keys.movie_prefix, self._near, self._breaker_closed, tls=tls
             )
 
     async def start(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,10 +40,12 @@ class InvalidationListener:
         movie_prefix: str,
         near: NearCache,
         cache_healthy: Callable[[], bool],
+        *,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         # RESP2: tracking redirected to a connection that is subscribed to the channel.
         self._client = aioredis.Redis.from_url(
-            url, protocol=2, socket_connect_timeout=timeout_seconds, retry=Retry(NoBackoff(), 0)
+            url, protocol=2, socket_connect_timeout=timeout_seconds, retry=Retry(NoBackoff(), 0), **(tls or {})
         )
         self._movie_prefix = movie_prefix
         self._near = near

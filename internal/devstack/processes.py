@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,12 +25,14 @@ class ToolMissing(RuntimeError):
 
 
 def find_tool(name: str) -> str:
-    """The path of `name`: $<NAME>_BIN, then .tools/bin, then PATH, then ~/go/bin."""
+    """The path of `name`: $<NAME>_BIN, then .tools/bin, then PATH, then ~/go/bin,
+    then /usr/sbin (Debian's nginx, off a non-root user's PATH)."""
     candidates = [
         os.environ.get(f"{name.upper().replace('-', '_')}_BIN"),
         str(TOOLS_BIN / name),
         shutil.which(name),
         str(Path.home() / "go" / "bin" / name),
+        str(Path("/usr/sbin") / name),
     ]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
@@ -194,6 +197,64 @@ def ferretdb_server(data_dir: Path, port: int | None = None, *, cpus: str | None
         "--log-level=warn",
     ]
     return FerretDBProcess("ferretdb", port, argv, data_dir / "ferretdb.log", data_dir=data_dir)
+
+
+# deployments/nginx/movieservice.conf: nginx in front of service instances.
+NGINX_SITE = PROJECT_ROOT / "deployments" / "nginx" / "movieservice.conf"
+_NGINX_UPSTREAM_SERVER = re.compile(r"^(\s*)server\s+[^\s;]+(\s[^;]*)?;\n", re.MULTILINE)
+_NGINX_LISTEN = re.compile(r"^(\s*)listen\s+[^\s;]+(\s[^;]*)?;", re.MULTILINE)
+
+
+def nginx_server(
+    directory: Path, upstreams: Sequence[str], port: int | None = None, site: Path = NGINX_SITE
+) -> ServerProcess:
+    """nginx in the foreground with `nginx_config(directory, upstreams, port, site)`;
+    its error log is `directory/nginx.log`. To change the upstreams while it
+    runs, write the config again and send it SIGHUP (a graceful reload)."""
+    port = port or free_port()
+    config = nginx_config(directory, upstreams, port, site)
+    argv = [find_tool("nginx"), "-p", str(directory), "-c", str(config), "-e", "stderr"]
+    return ServerProcess("nginx", port, argv, directory / "nginx.log")
+
+
+def nginx_config(directory: Path, upstreams: Sequence[str], port: int, site: Path = NGINX_SITE) -> Path:
+    """Write an nginx configuration into `directory` and return its path: the
+    http-context `site` (deployments/nginx/movieservice.conf), its upstream
+    sending to `upstreams` (each "HOST:PORT", optionally with parameters such
+    as "down", and with those of the site's first `server` line) and its server
+    listening on 127.0.0.1:`port`, everything else as the site says; the pid
+    file, temporary files and an access log naming each call's instances
+    (access.log) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = site.read_text()
+    servers = list(_NGINX_UPSTREAM_SERVER.finditer(text))
+    if not servers or len(_NGINX_LISTEN.findall(text)) != 1:
+        raise ValueError(f"{site}: expected upstream `server` lines and one `listen` line")
+    indent, parameters = servers[0].group(1), servers[0].group(2) or ""
+    lines = "".join(f"{indent}server {upstream}{parameters};\n" for upstream in upstreams)
+    text = text[: servers[0].start()] + lines + text[servers[-1].end() :]
+    text = _NGINX_LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port}{m.group(2) or ''};", text)
+    (directory / "movieservice.conf").write_text(text)
+    temp = directory / "temp"
+    temp.mkdir(exist_ok=True)
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp_paths = "".join(f"    {kind}_temp_path {temp / kind};\n" for kind in kinds)
+    config = directory / "nginx.conf"
+    config.write_text(
+        f"daemon off;\n"
+        f"worker_processes 1;\n"
+        f"pid {directory / 'nginx.pid'};\n"
+        f"error_log stderr notice;\n"
+        f"events {{ worker_connections 4096; }}\n"
+        f"http {{\n"
+        f'    log_format calls \'$msec "$request" $status $request_time upstream=[$upstream_addr] '
+        f"upstream_status=[$upstream_status]';\n"
+        f"    access_log {directory / 'access.log'} calls;\n"
+        f"{temp_paths}"
+        f"    include {directory / 'movieservice.conf'};\n"
+        f"}}\n"
+    )
+    return config
 
 
 def child_pids(pid: int) -> set[int]:

@@ -148,8 +148,8 @@ def local_dependencies(
 
 def service_environment(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment of a `movieservice serve` configured like `settings`
-    (the caller's own MONGO*/REDIS*/GRPC*/AUTH*/METRICS* variables left out)."""
-    prefixes = ("MONGO", "REDIS", "GRPC", "AUTH", "METRICS")
+    (the caller's own MONGO*/REDIS*/GRPC*/AUTH*/METRICS*/TLS* variables left out)."""
+    prefixes = ("MONGO", "REDIS", "GRPC", "AUTH", "METRICS", "TLS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(
         MONGO_URL=settings.mongo_url,
@@ -160,6 +160,15 @@ def service_environment(settings: Settings, **overrides: str) -> dict[str, str]:
         METRICS_PORT="0",
         LOG_LEVEL="INFO",
     )
+    tls_files = (
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "redis_ca_file",
+        "redis_cert_file",
+        "redis_key_file",
+    )
+    env.update({name.upper(): value for name in tls_files if (value := getattr(settings, name))})
     env.update(overrides)
     return env
 

@@ -4,7 +4,11 @@ A background task checks MongoDB and Redis every few seconds and publishes:
 - "" and "movies.v1.MovieService": SERVING while MongoDB answers (the service
   can answer every RPC from MongoDB alone), NOT_SERVING otherwise;
 - "movieservice.mongodb", "movieservice.redis": each dependency on its own, so
-  that a degraded cache is visible without failing the whole service.
+  that a degraded cache is visible without failing the whole service;
+- "movieservice.instance": SERVING from start until SIGTERM, whatever the
+  dependencies do: what a balancer (a gRPC client's health checking) watches
+  to stop sending to an instance that is draining, while it keeps sending to
+  instances that answer from the cache during a MongoDB outage.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MONGODB = "movieservice.mongodb"
 REDIS = "movieservice.redis"
+INSTANCE = "movieservice.instance"
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -30,7 +35,11 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 class HealthReporter:
     def __init__(
-        self, servicer: health.aio.HealthServicer, cache: Cache, store: Store, interval_seconds: float = 2.0
+        self,
+        servicer: health.aio.HealthServicer,
+        cache: Cache,
+        store: Store,
+        interval_seconds: float = 2.0,
     ) -> None:
         self._servicer = servicer
         self._cache = cache
@@ -40,6 +49,7 @@ class HealthReporter:
         self._last: dict[str, bool] = {}
 
     async def start(self) -> None:
+        await self._servicer.set(INSTANCE, _SERVING)  # NOT_SERVING on enter_graceful_shutdown
         await self.check_once()
         self._task = asyncio.ensure_future(self._run())
 

@@ -36,9 +36,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from movieservice.app import App, build_app
-from movieservice.config import Settings, redact_url
+from movieservice.config import ConfigError, Settings, redact_url
 from movieservice.core.top_rated import MAX_RESPONSE_BYTES
 from movieservice.core.validation import MAX_MOVIE_BYTES
+from movieservice.grpcserver import tls
 from movieservice.grpcserver.interceptor import PrometheusInterceptor
 from movieservice.grpcserver.registrar import Registrar
 from movieservice.grpcserver.servicer import SERVICE_NAME
@@ -92,8 +93,23 @@ def new_server(settings: Settings) -> grpc.aio.Server:
 
 
 def listen(server: grpc.aio.Server, settings: Settings) -> int:
+    """Bind GRPC_HOST:GRPC_PORT, over TLS when TLS_CERT_FILE/TLS_KEY_FILE are
+    set (see tls.py); returns the port. ListenError when the port is taken or
+    the certificate files do not work."""
     try:
-        return server.add_insecure_port(settings.grpc_address)
+        credentials = tls.server_credentials(settings)
+    except ConfigError as error:
+        raise ListenError(f"could not serve TLS: {error}") from None
+    if credentials is None and not tls.is_loopback(settings.grpc_host):
+        log.warning(
+            "serving plaintext on %s: anyone on the network can read and alter the calls, Upsert's bearer "
+            "token included; set TLS_CERT_FILE and TLS_KEY_FILE to serve TLS",
+            settings.grpc_address,
+        )
+    try:
+        if credentials is None:
+            return server.add_insecure_port(settings.grpc_address)
+        return server.add_secure_port(settings.grpc_address, credentials)
     except RuntimeError as error:  # grpcio raises when the port is taken
         raise ListenError(f"could not listen on {settings.grpc_address}: {error}") from None
 
@@ -157,15 +173,38 @@ async def _serve(settings: Settings, metrics_http: bool, build: Callable[[Settin
     await app.start()
     await server.start()
     settle_garbage_collector()
-    log.info("serving %s on %s:%d", SERVICE_NAME, settings.grpc_host, port)
+    log.info("serving %s on %s:%d (%s)", SERVICE_NAME, settings.grpc_host, port, _transport_security(settings))
     await stop.wait()
     await app.health.enter_graceful_shutdown()
+    await drain(settings.drain_seconds)
     await server.stop(settings.grace_period_seconds)
     await app.close()
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("stopped")
     return 0
+
+
+async def drain(seconds: float) -> None:
+    """Keep serving for `seconds` after health turned NOT_SERVING.
+
+    A balancer that watches health (Kubernetes readiness, Envoy, gRPC clients
+    with health checking) or is told by a deploy tool (an nginx reload) needs
+    a moment to stop sending new calls here; stopping at once would make the
+    calls it sends meanwhile fail to connect. Calls keep being answered as
+    usual until then. A second signal does not cut it short: with WORKERS > 1
+    a worker may get the same SIGTERM twice (from the supervisor and from a
+    process manager that signals the whole group).
+    """
+    if seconds > 0:
+        log.info("health is NOT_SERVING; serving %gs more so that load balancers stop sending", seconds)
+        await asyncio.sleep(seconds)
+
+
+def _transport_security(settings: Settings) -> str:
+    if settings.tls_client_ca_file:
+        return "mTLS: client certificates required"
+    return "TLS" if settings.tls_cert_file else "plaintext"
 
 
 def settle_garbage_collector() -> None:
@@ -179,7 +218,12 @@ def settle_garbage_collector() -> None:
 
 
 def _on_signal(signum: int, settings: Settings, stop: asyncio.Event) -> None:
-    log.info("received %s: draining for up to %gs", signal.Signals(signum).name, settings.grace_period_seconds)
+    log.info(
+        "received %s: draining (%gs with health NOT_SERVING, then up to %gs for calls in flight)",
+        signal.Signals(signum).name,
+        settings.drain_seconds,
+        settings.grace_period_seconds,
+    )
     stop.set()
 
 

@@ -26,6 +26,7 @@ from movieservice.grpcserver import wire
 from movieservice.grpcserver.interceptor import NoObserver, PrometheusInterceptor, ended_early
 from movieservice.grpcserver.registrar import Registrar
 from movieservice.grpcserver.status import internal_error, status_of
+from movieservice.grpcserver.tls import client_identity
 from movieservice.proto.movies.v1 import movies_pb2
 
 SERVICE_NAME = movies_pb2.DESCRIPTOR.services_by_name["MovieService"].full_name
@@ -206,13 +207,7 @@ def credentials_of(context: grpc.aio.ServicerContext[Any, Any]) -> Credentials:
     authorization = next(
         (str(value) for key, value in context.invocation_metadata() or () if key == "authorization"), None
     )
-    return Credentials(authorization, peer_address(context.peer()), certificate_subject(context))
-
-
-def certificate_subject(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The common name of the client certificate the TLS handshake verified (mTLS), if any."""
-    names = list(context.auth_context().get("x509_common_name") or ())
-    return names[0].decode(errors="replace") if names else None
+    return Credentials(authorization, peer_address(context.peer()), client_identity(context))
 
 
 def peer_address(peer: str) -> str:

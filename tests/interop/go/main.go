@@ -4,10 +4,16 @@
 // it, so it exits 0 whenever it could run every step.
 //
 //	go run ./tests/interop/go -target=localhost:50051 -token=dev-token -id=ID -slow-id=ID [-latitude=44.85 -longitude=-93.24]
+//	    [-cacert=ca.pem [-cert=client.pem -key=client.key]]
+//
+// With -cacert it connects over TLS, trusting that CA; with -cert and -key it
+// also presents a client certificate (mTLS).
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"log"
@@ -17,6 +23,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -64,6 +71,31 @@ func movieIDs(movies []*moviesv1.Movie) []string {
 	return ids
 }
 
+// transportCredentials: plaintext without a CA file, else TLS trusting only
+// that CA, with a client certificate when certFile and keyFile are given.
+func transportCredentials(caFile, certFile, keyFile string) credentials.TransportCredentials {
+	if caFile == "" {
+		return insecure.NewCredentials()
+	}
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		log.Fatalf("read -cacert: %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(ca) {
+		log.Fatalf("-cacert %s holds no PEM certificate", caFile)
+	}
+	config := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if certFile != "" || keyFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			log.Fatalf("load -cert/-key: %v", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return credentials.NewTLS(config)
+}
+
 func main() {
 	target := flag.String("target", "localhost:50051", "server address")
 	token := flag.String("token", "", "bearer token for Upsert")
@@ -71,12 +103,15 @@ func main() {
 	slowID := flag.String("slow-id", "", "id of an existing movie that is not cached (for the deadline step)")
 	latitude := flag.Float64("latitude", 44.85, "Nearby point (default: a theater in the real sample data)")
 	longitude := flag.Float64("longitude", -93.24, "Nearby point")
+	caFile := flag.String("cacert", "", "connect over TLS, trusting the CA certificates in this PEM file")
+	certFile := flag.String("cert", "", "client certificate (PEM) for mTLS")
+	keyFile := flag.String("key", "", "the client certificate's private key (PEM)")
 	flag.Parse()
 	if *id == "" || *slowID == "" {
 		log.Fatal("-id and -slow-id are required")
 	}
 
-	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(transportCredentials(*caFile, *certFile, *keyFile)))
 	if err != nil {
 		log.Fatalf("connect %s: %v", *target, err)
 	}

@@ -4,10 +4,14 @@
 // what it saw rather than judging it, so it exits 0 whenever it could run.
 //
 //   node main.js --target=localhost:50051 --token=dev-token --id=ID --slow-id=ID [--latitude=44.85 --longitude=-93.24]
+//                [--cacert=ca.pem [--cert=client.pem --key=client.key]]
 //
+// With --cacert it connects over TLS, trusting that CA; with --cert and --key
+// it also presents a client certificate (mTLS).
 // The .proto is loaded at run time with @grpc/proto-loader: no generated code.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -25,6 +29,9 @@ const { values: args } = parseArgs({
     // The Nearby point; the default is a theater in the real sample data.
     latitude: { type: 'string', default: '44.85' },
     longitude: { type: 'string', default: '-93.24' },
+    cacert: { type: 'string' },
+    cert: { type: 'string' },
+    key: { type: 'string' },
   },
 });
 if (!args.id || !args['slow-id']) {
@@ -78,7 +85,14 @@ function report(step, error, fields = {}) {
   console.log(JSON.stringify({ ...out, ...fields }));
 }
 
-const client = new MovieService(args.target, grpc.credentials.createInsecure());
+// Plaintext without --cacert; TLS trusting only that CA otherwise.
+function channelCredentials() {
+  if (!args.cacert) return grpc.credentials.createInsecure();
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  return grpc.credentials.createSsl(read(args.cacert), read(args.key), read(args.cert));
+}
+
+const client = new MovieService(args.target, channelCredentials());
 
 // One unary call as a promise of [error, response]; every step gets a
 // deadline, 10 s unless it says otherwise.
