@@ -156,7 +156,7 @@ class Settings:
         for name, value in redis_tls.items():
             if value and not self.redis_url.startswith("rediss://"):
                 raise ConfigError(f"{name} is for TLS connections to Redis: REDIS_URL must start with rediss://")
-        for name in _TLS_FILES:
+        for name in TLS_FILE_SETTINGS:
             _check_readable(name.upper(), getattr(self, name))
 
     @property
@@ -178,7 +178,9 @@ class Settings:
         return writers
 
 
-_TLS_FILES = (
+# The settings that name certificate and key files (read at start, and passed on to servers the
+# dev stack spawns).
+TLS_FILE_SETTINGS = (
     "tls_cert_file",
     "tls_key_file",
     "tls_client_ca_file",

@@ -189,17 +189,10 @@ class RedisCache:
         return CachedMovie(data=data, refresh_early=xfetch.refresh_early(expiry_ms, load_ms))
 
     async def lease_fill(self, movie_id: str, ttl_seconds: float) -> str | None:
-        token = secrets.token_hex(8)
-        acquired = await self._run(
-            "lease",
-            lambda: self._execute("SET", self.keys.fill_lease(movie_id), token, "NX", "PX", int(ttl_seconds * 1000)),
-        )
-        return token if acquired else None
+        return await self._acquire("lease", self.keys.fill_lease(movie_id), ttl_seconds)
 
     async def release_fill(self, movie_id: str, lease: str) -> None:
-        await self._run(
-            "release", lambda: scripts.UNLOCK.run(self._execute, lock=self.keys.fill_lease(movie_id), token=lease)
-        )
+        await self._release("release", self.keys.fill_lease(movie_id), lease)
 
     async def put_movie(
         self, movie_id: str, stored: StoredMovie | None, load_seconds: float, read_epoch: int, lease: str
@@ -371,14 +364,22 @@ class RedisCache:
     # Coordination and lifecycle
 
     async def try_lock(self, name: str, ttl_seconds: float) -> str | None:
+        return await self._acquire("lock", self.keys.lock(name), ttl_seconds)
+
+    async def unlock(self, name: str, token: str) -> None:
+        await self._release("unlock", self.keys.lock(name), token)
+
+    async def _acquire(self, operation: str, key: str, ttl_seconds: float) -> str | None:
+        """A random token if `key` was free and now holds it (for `ttl_seconds`), else None."""
         token = secrets.token_hex(8)
         acquired = await self._run(
-            "lock", lambda: self._execute("SET", self.keys.lock(name), token, "NX", "PX", int(ttl_seconds * 1000))
+            operation, lambda: self._execute("SET", key, token, "NX", "PX", int(ttl_seconds * 1000))
         )
         return token if acquired else None
 
-    async def unlock(self, name: str, token: str) -> None:
-        await self._run("unlock", lambda: scripts.UNLOCK.run(self._execute, lock=self.keys.lock(name), token=token))
+    async def _release(self, operation: str, key: str, token: str) -> None:
+        """Delete `key` if it still holds `token` (a lease or lock that expired meanwhile may be someone else's)."""
+        await self._run(operation, lambda: scripts.UNLOCK.run(self._execute, lock=key, token=token))
 
     async def clear(self) -> int:
         """Delete every key under the prefix (after reseeding the store)."""

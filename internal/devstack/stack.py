@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from movieservice.config import Settings
+from movieservice.config import TLS_FILE_SETTINGS, Settings
 from movieservice.devstack.processes import (
     PROJECT_ROOT,
     FerretDBProcess,
@@ -160,15 +160,7 @@ def service_environment(settings: Settings, **overrides: str) -> dict[str, str]:
         METRICS_PORT="0",
         LOG_LEVEL="INFO",
     )
-    tls_files = (
-        "tls_cert_file",
-        "tls_key_file",
-        "tls_client_ca_file",
-        "redis_ca_file",
-        "redis_cert_file",
-        "redis_key_file",
-    )
-    env.update({name.upper(): value for name in tls_files if (value := getattr(settings, name))})
+    env.update({name.upper(): value for name in TLS_FILE_SETTINGS if (value := getattr(settings, name))})
     env.update(overrides)
     return env
 
