@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from grpc_health.v1 import health
 
+from movieservice import tracing
 from movieservice.cache.redis_cache import RedisCache, tls_options
 from movieservice.config import Settings
 from movieservice.core.ports import Cache, Store
@@ -96,6 +97,8 @@ def build_app(
     """The service as `settings` describe it; `metrics`, `cache` and `store`
     replace the process-wide metrics and the real adapters."""
     metrics = metrics or Metrics(grpc_buckets=settings.grpc_histogram_buckets)
+    traces = tracing.active()  # started by serve() when OTEL_* ask for it; off otherwise
+    traces.count_drops_in(metrics.trace_spans_dropped)
     cache = cache or redis_cache(settings, metrics)
     store = store or mongo_store(settings, metrics)
     service = MovieService.create(
@@ -110,6 +113,7 @@ def build_app(
             ranking=ranking_of(settings),
             background_timeout_seconds=settings.request_timeout_seconds,
         ),
+        traces.tracer(),
     )
     servicer = MovieServicer(
         service,
@@ -125,5 +129,5 @@ def build_app(
         service,
         servicer,
         health_servicer,
-        HealthReporter(health_servicer, cache, store),
+        HealthReporter(health_servicer, cache, store, tracer=traces.tracer()),
     )

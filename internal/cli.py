@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
+from movieservice import tracing
 from movieservice.config import ConfigError, Settings, configured_names, load_settings
 from movieservice.logs import configure_logging
 
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client.run(args)
     try:
         settings = load_settings()
+        tracing.configure_environment()
     except ConfigError as error:
         print(f"movieservice: configuration error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,10 @@
-"""Logging setup: one line per event, as text or JSON (LOG_FORMAT=json)."""
+"""Logging setup: one line per event, as text or JSON (LOG_FORMAT=json).
+
+A line logged within a call (or work it started, such as its cache fill)
+carries the call's `trace_id` and `span_id` (W3C hex, as trace backends show
+them), so a log line leads to its trace and a trace to its log lines. Outside
+a call, and with traces off, there are none (no span, nothing to link to).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,27 @@ import sys
 import threading
 from datetime import UTC, datetime
 from types import TracebackType
+
+from opentelemetry import trace
+
+
+def span_ids() -> tuple[str, str] | None:
+    """The current span's trace id and span id (hex), or None outside a span."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = span_ids()
+        if ids is None:
+            return line
+        # Before a traceback (which spans lines), so the ids stay on the event's line.
+        first, newline, rest = line.partition("\n")
+        return f"{first} trace_id={ids[0]} span_id={ids[1]}{newline}{rest}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,6 +46,9 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
+        ids = span_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -29,7 +59,7 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 # prometheus_client's defaults, which are also go-grpc-prometheus' (prometheus.DefBuckets).
 DEFAULT_GRPC_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -33,6 +35,7 @@ LOOKUP_RESULTS = ("hit", "miss", "negative_hit", "error")
 DEPENDENCIES = ("redis", "mongodb")
 ERROR_KINDS = ("unavailable", "timeout", "circuit_open", "error")
 AUTH_FAILURE_REASONS = ("missing", "invalid", "writes_disabled", "rate_limited")
+SPAN_DROP_REASONS = ("queue_full", "export_failed")
 
 
 # Metrics recorded on every call (the gRPC ones, cache lookups, Redis and
@@ -60,7 +63,7 @@ class _CounterChild:
 
 
 class _HistogramChild:
-    __slots__ = ("bounds", "counts", "flushed_counts", "flushed_sum", "sum")
+    __slots__ = ("bounds", "counts", "exemplars", "flushed_counts", "flushed_sum", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -68,10 +71,24 @@ class _HistogramChild:
         self.sum = 0.0
         self.flushed_counts = [0] * (len(bounds) + 1)
         self.flushed_sum = 0.0
+        # Per bucket, the last traced observation: (trace id, value, time); None until one.
+        self.exemplars: list[tuple[int, float, float] | None] | None = None
 
     def observe(self, amount: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, amount)] += 1
         self.sum += amount
+
+    def observe_traced(self, amount: float, trace_id: int) -> None:
+        """`observe`, keeping the trace as its bucket's exemplar (the trace id is
+        formatted at scrape time, not here). Only observers of traced calls use it:
+        `observe` stays as it was."""
+        index = bisect.bisect_left(self.bounds, amount)
+        self.counts[index] += 1
+        self.sum += amount
+        exemplars = self.exemplars
+        if exemplars is None:
+            exemplars = self.exemplars = [None] * len(self.counts)
+        exemplars[index] = (trace_id, amount, time.time())
 
 
 class _LoopMetric(Collector):
@@ -151,10 +168,18 @@ class LoopHistogram(_LoopMetric):
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
         for values, child in list(self._children.items()):
             counts, total = list(child.counts), child.sum
+            exemplars = list(child.exemplars or ()) or [None] * len(counts)
             cumulative, buckets = 0, []
-            for bound, count in zip([*self._bounds, float("inf")], counts, strict=True):
+            for bound, count, exemplar in zip([*self._bounds, float("inf")], counts, exemplars, strict=True):
                 cumulative += count
-                buckets.append((_bound_text(bound), cumulative))
+                if exemplar is None:
+                    buckets.append((_bound_text(bound), cumulative))
+                else:
+                    # Shown in the OpenMetrics exposition only (what Prometheus asks
+                    # for when it stores exemplars); the text format leaves them out.
+                    trace_id, value, timestamp = exemplar
+                    linked = Exemplar({"trace_id": format(trace_id, "032x")}, value, timestamp)
+                    buckets.append((_bound_text(bound), cumulative, linked))  # type: ignore[arg-type]
             family.add_metric(list(values), buckets, total)
         yield family
 
@@ -403,6 +428,17 @@ class Metrics:
         self._repairs = {result: repairs.labels(result) for result in ("recorded", "applied")}
         self._rebuilds = {index: rebuilds.labels(index) for index in ("top_rated", "geo")}
         self._auth_failures = {reason: auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
+        # Recorded by movieservice.tracing (from the exporter's thread too: a locked counter).
+        self.trace_spans_dropped = Counter(
+            "movieservice_trace_spans_dropped_total",
+            "Spans not delivered to the trace collector, by reason: queue_full (the export queue, "
+            "OTEL_BSP_MAX_QUEUE_SIZE, was full: the collector is slow or down) or export_failed (the "
+            "exporter gave up on a batch). Calls never wait for the collector; their spans are dropped.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in SPAN_DROP_REASONS:
+            self.trace_spans_dropped.labels(reason)
         self._fills = {result: fills.labels(result) for result in ("applied", "refused")}
         for dependency in DEPENDENCIES:
             self.dependencies.breaker_state(dependency, 0)

@@ -75,3 +75,18 @@ if [ ! -d tests/interop/node/node_modules ]; then
   fi
 fi
 echo "install-tools: interop ok"
+
+# Jaeger (tests/test_tracing.py: a real OTLP receiver and trace store). Its `go install` is
+# refused (the module has replace directives), so it is built inside a scratch module that
+# requires it as a tool, which honours the versions Jaeger's own go.mod selects.
+JAEGER_VERSION=v1.76.0
+if [ ! -x "$BIN/jaeger" ] || [ "$(cat "$BIN/.jaeger.version" 2>/dev/null)" != "$JAEGER_VERSION" ]; then
+  echo "install-tools: building jaeger $JAEGER_VERSION (a few minutes)"
+  jaeger_work=$(mktemp -d)
+  (cd "$jaeger_work" && go mod init movieservice-tools/jaeger >/dev/null 2>&1 \
+    && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" \
+    && go build -trimpath -o "$BIN/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger)
+  rm -rf "$jaeger_work"
+  echo "$JAEGER_VERSION" > "$BIN/.jaeger.version"
+fi
+echo "install-tools: jaeger ok"

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from movieservice import tracing
 from movieservice.config import ConfigError, Settings, load_settings
 from movieservice.devstack.processes import free_port
 from movieservice.grpcserver.health import INSTANCE, MONGODB, REDIS
@@ -49,8 +50,9 @@ MANIFESTS = sorted(K8S_DIR.glob("*.yaml"))
 # kubernetes-validate 1.37.0 has schemas for.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 
-# Every name the service reads from the environment (config.load_settings).
-SETTING_NAMES = {setting.name.upper() for setting in fields(Settings)}
+# Every name the service reads from the environment (config.load_settings), and the
+# OpenTelemetry SDK's variables it documents (movieservice.tracing, README "Traces").
+SETTING_NAMES = {setting.name.upper() for setting in fields(Settings)} | set(tracing.VARIABLES)
 # Settings kept out of logs and repr: credentials and keys, which belong in a Secret.
 SECRET_SETTINGS = {setting.name.upper() for setting in fields(Settings) if not setting.repr} | {
     "MONGO_URL",  # connection strings carry passwords

@@ -197,8 +197,11 @@ def wait_until(condition: Callable[[], Any], timeout: float, message: Callable[[
         time.sleep(0.1)
 
 
-def start_prometheus(tmp_path: Path, metrics_port: int) -> tuple[subprocess.Popen[bytes], PrometheusAPI, Path]:
-    """The shipped prometheus.yml and alerts.yml, with 1 s intervals and the test server as the only target."""
+def start_prometheus(
+    tmp_path: Path, metrics_port: int, *flags: str
+) -> tuple[subprocess.Popen[bytes], PrometheusAPI, Path]:
+    """The shipped prometheus.yml and alerts.yml, with 1 s intervals and the test server as the only
+    target; `flags` added to Prometheus' command line."""
     assert PROMETHEUS is not None
     directory = tmp_path / "prometheus"
     directory.mkdir()
@@ -220,6 +223,7 @@ def start_prometheus(tmp_path: Path, metrics_port: int) -> tuple[subprocess.Pope
                 f"--config.file={directory / 'prometheus.yml'}",
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                *flags,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

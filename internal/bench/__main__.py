@@ -23,6 +23,7 @@ from movieservice.devstack.processes import PROJECT_ROOT
 # The parts of a run, in the order they run (`--only` picks some).
 SECTIONS: dict[str, Callable[[Bench, str], None]] = {
     "hits": throughput.hits,
+    "traces": throughput.traces,
     "toprated-nearby": throughput.toprated_and_nearby,
     "stalled": latency.stalled,
     "optimisations": throughput.optimisations,

@@ -4,16 +4,26 @@ servers, the runs of a section in the same interleaved rounds."""
 from __future__ import annotations
 
 import statistics
+import timeit
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
 import grpc
 
-from movieservice.bench.load import H2LOAD_CONNECTIONS, H2LOAD_STREAMS, Throughput, grpc_body_file, rss_mib
+from movieservice.bench.load import (
+    H2LOAD_CONNECTIONS,
+    H2LOAD_STREAMS,
+    LOAD_CORE,
+    Throughput,
+    grpc_body_file,
+    rss_mib,
+)
 from movieservice.bench.session import Bench, Service, get, movie_service
 from movieservice.bench.stats import Ratio, interleaved
 from movieservice.cache.pipelining import BATCH_TURNS
+from movieservice.core import tracing as core_tracing
+from movieservice.devstack.jaeger import jaeger_server
 from movieservice.proto.movies.v1 import movies_pb2
 
 H2LOAD = f"h2load -c{H2LOAD_CONNECTIONS} -m{H2LOAD_STREAMS}"
@@ -88,6 +98,56 @@ def hits(bench: Bench, command: str) -> None:
     ratio, raw = compared(results, "aio", "threaded", "aio", "threaded")
     bench.row("Stall-proof ceiling (grpc.aio, uvloop, batched answers) vs grpcio's threaded ceiling", "(reported)",
               str(ratio), raw, f"{command}: {H2LOAD} Get; ceilings aio and threaded, constant answer")  # fmt: skip
+
+
+def traces(bench: Bench, command: str) -> None:
+    """Get Redis hits (the default configuration) with traces off, on sampling
+    1% of calls and on sampling all of them, exported to a real Jaeger on the
+    load core, in the same rounds."""
+    collector = jaeger_server(bench.work / "jaeger", cpus=LOAD_CORE).start()
+    bench.servers.append(collector)
+    arguments = {"1%": "0.01", "100%": "1.0"}
+    services = {"off": bench.redis_hits_service()}
+    for sampled, argument in arguments.items():
+        services[sampled] = bench.serve(
+            f"traced-{sampled.rstrip('%')}",
+            NEAR_CACHE_SIZE="0",
+            OTEL_EXPORTER_OTLP_ENDPOINT=collector.otlp_endpoint,
+            OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+            OTEL_TRACES_SAMPLER_ARG=argument,
+        )
+    check_get(bench, *services.values())
+    body = get_body(bench)
+    results = rounds(bench, {name: (service, "Get", body) for name, service in services.items()})
+    setting = "NEAR_CACHE_SIZE=0, METRICS_PORT set; OTEL_EXPORTER_OTLP_ENDPOINT: Jaeger on the load core"
+    for sampled, target in (("1%", ">= 0.95"), ("100%", "(reported)")):
+        ratio, raw = compared(results, sampled, "off", "on", "off")
+        samples = services[sampled].metrics()
+        lost = sum(v for (name, _), v in samples.items() if name == "movieservice_trace_spans_dropped_total")
+        bench.row(f"Traces on, {sampled} of calls sampled (parentbased_traceidratio) / off: Get Redis hits",
+                  target, str(ratio), f"{raw}; spans dropped {lost:.0f}",
+                  f"{command}: {H2LOAD} Get, {setting}, OTEL_TRACES_SAMPLER_ARG={arguments[sampled]}")  # fmt: skip
+    added = tracing_off_cost_ns()
+    cpu_off = statistics.median(r.cpu_us_per_request for r in results["off"])
+    bench.row("Traces off: what the tracing code adds to a Get hit (in process), of the CPU per request",
+              "nothing measurable", f"{added:.0f} ns of {cpu_off:.0f} us ({added / 1000 / cpu_off:.2%})",
+              "the use case's lookup span on NO_TRACING (enter, two attributes, exit) and the outcome, timed "
+              "with timeit (best of 5); the Redis adapter's check is one comparison; no interceptor, no "
+              "exemplar lookup; CPU per request: the off rows above",
+              f"{command}: timeit in the benchmark's process")  # fmt: skip
+
+
+def tracing_off_cost_ns() -> float:
+    """What a Get hit runs of the tracing code when traces are off, in ns (best of 5 timeit runs)."""
+    tracer = core_tracing.NO_TRACING
+
+    def lookup_span() -> None:
+        with tracer.span(core_tracing.CACHE_LOOKUP) as span:
+            span.set_attribute(core_tracing.CACHE, "movie")
+            span.set_attribute(core_tracing.RESULT, "hit")
+
+    runs = 200_000
+    return min(timeit.repeat(lookup_span, number=runs, repeat=5)) / runs * 1e9
 
 
 def toprated_and_nearby(bench: Bench, command: str) -> None:

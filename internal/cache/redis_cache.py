@@ -20,11 +20,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from movieservice import tracing
 from movieservice.breaker import BreakerState, CircuitBreaker
 from movieservice.cache import scripts, xfetch
 from movieservice.cache.keys import Keys
@@ -40,6 +44,7 @@ from movieservice.core.ports import (
     TheaterCandidate,
     TopCursor,
 )
+from movieservice.core.tracing import FILL_REASON
 from movieservice.metrics import DependencyMetrics
 from movieservice.proto.movies.v1.movies_pb2 import Theater
 
@@ -57,6 +62,14 @@ OPERATIONS = (
     "get", "put", "write", "top_page", "top_ready", "nearby", "geo_ready", "rebuild", "lease", "release",
     "lock", "unlock", "clear", "ping",
 )  # fmt: skip
+# The command each operation sends, naming its span (as opentelemetry-instrumentation-redis
+# names a command's): scripts by EVALSHA and the script's name; "rebuild" and "clear" send
+# several kinds of command (SCAN, DEL or UNLINK, scripts, MULTI/EXEC) and keep their own name.
+COMMANDS = {
+    "get": "HMGET", "put": "EVALSHA put_movie", "write": "EVALSHA write_movie", "top_page": "EVALSHA top_page",
+    "top_ready": "GET", "nearby": "EVALSHA nearby", "geo_ready": "GET", "rebuild": "rebuild", "lease": "SET",
+    "release": "EVALSHA unlock", "lock": "SET", "unlock": "EVALSHA unlock", "clear": "clear", "ping": "PING",
+}  # fmt: skip
 
 
 def redis_pool(url: str, timeout_seconds: float, **options: Any) -> aioredis.ConnectionPool:
@@ -119,6 +132,9 @@ class RedisCache:
             on_change=self._breaker_changed,
         )
         metrics.breaker_state("redis", self._breaker.state)
+        # None while traces are off: then `_run` costs one comparison more, nothing else.
+        self._tracer = tracing.active().library_tracer(__name__)
+        self._span_attributes = _connection_attributes(self._pool.connection_kwargs)
         self._near: NearCache | None = None
         self._listener: InvalidationListener | None = None
         if near_cache_size > 0:
@@ -140,6 +156,47 @@ class RedisCache:
         if not always_try and not self._breaker.allow():
             self._metrics.error("redis", "circuit_open")
             raise CacheUnavailable("Redis is unavailable (circuit breaker open)")
+        if self._tracer is not None and is_instrumentation_enabled() and not tracing.active().unsampled_parent():
+            return await self._run_traced(operation, call)
+        started = time.perf_counter()
+        started_at = self._breaker.now()
+        try:
+            result = await call()
+        except RedisError as error:
+            self._latency[operation].observe(time.perf_counter() - started)
+            self._breaker.failure(started_at)
+            kind = "timeout" if isinstance(error, RedisTimeoutError) else "unavailable"
+            self._metrics.error("redis", kind)
+            raise CacheUnavailable(f"Redis is unavailable: {type(error).__name__}") from error
+        self._latency[operation].observe(time.perf_counter() - started)
+        return result
+
+    async def _run_traced(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`_run` with a client span around the operation: the auto-pipeline
+        (pipelining.py) sends the commands itself, below redis-py's client, so
+        opentelemetry-instrumentation-redis never sees them. Attributes as that
+        instrumentation sets them (its default, pre-1.26 semantic conventions),
+        plus the operation's name as the metrics label it."""
+        command = COMMANDS[operation]
+        span = self._tracer.start_span(command, kind=SpanKind.CLIENT, attributes=self._span_attributes)
+        if span.is_recording():
+            span.set_attribute("db.operation", command.split()[0])
+            span.set_attribute("db.statement", command)
+            span.set_attribute("movieservice.redis.operation", operation)
+        try:
+            return await self._run_timed(operation, call)
+        except CacheUnavailable as error:
+            cause = error.__cause__ or error
+            span.record_exception(cause)
+            span.set_status(Status(StatusCode.ERROR, f"{type(cause).__name__}: {cause}"))
+            span.set_attribute("error.type", type(cause).__qualname__)
+            raise
+        finally:
+            span.end()
+
+    async def _run_timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        # What `_run` does inline when traces are off: a coroutine more on every
+        # Redis call would be a cost of its own on the tracing-off path.
         started = time.perf_counter()
         started_at = self._breaker.now()
         try:
@@ -177,7 +234,7 @@ class RedisCache:
         if near is not None and near.enabled:
             entry: tuple[bytes | None, bytes | None, bytes | None] | None = near.get(movie_id)
             if entry is not None:
-                return CachedMovie(entry[0], xfetch.refresh_early(entry[1], entry[2]))
+                return CachedMovie(entry[0], xfetch.refresh_early(entry[1], entry[2]), near=True)
             sequence = near.sequence
         version, data, expiry_ms, load_ms = await self._run(
             "get", lambda: self._execute("HMGET", self.keys.movie(movie_id), "v", "b", "e", "d")
@@ -202,26 +259,34 @@ class RedisCache:
         # Redis. Drop it. (The lease is gone too, in that case, unless the
         # outage was a network cut: this check covers that one.)
         if read_epoch != self._breaker.recoveries:
+            self._fill_refused("cache_recovered")
             return False
         ttl_ms = (self._ttl_ms if stored is not None else self._negative_ttl_ms) * _jitter()
-        return bool(
-            await self._run(
-                "put",
-                lambda: scripts.PUT_MOVIE.run(
-                    self._execute,
-                    entry=self.keys.movie(movie_id),
-                    versions=self.keys.top_version,
-                    lease=self.keys.fill_lease(movie_id),
-                    token=lease,
-                    version=stored.version if stored is not None else -1,
-                    body=stored.data if stored is not None else b"",
-                    movie_id=movie_id,
-                    ttl_ms=int(ttl_ms),
-                    expires_at_ms=int(time.time() * 1000 + ttl_ms),
-                    load_ms=int(load_seconds * 1000) or 1,
-                ),
-            )
+        written = await self._run(
+            "put",
+            lambda: scripts.PUT_MOVIE.run(
+                self._execute,
+                entry=self.keys.movie(movie_id),
+                versions=self.keys.top_version,
+                lease=self.keys.fill_lease(movie_id),
+                token=lease,
+                version=stored.version if stored is not None else -1,
+                body=stored.data if stored is not None else b"",
+                movie_id=movie_id,
+                ttl_ms=int(ttl_ms),
+                expires_at_ms=int(time.time() * 1000 + ttl_ms),
+                load_ms=int(load_seconds * 1000) or 1,
+            ),
         )
+        if written != 1:
+            # put_movie.lua: 0 when the lease is gone, -1 when a newer version is known.
+            self._fill_refused("lease_lost" if written == 0 else "newer_version_cached")
+        return bool(written == 1)
+
+    def _fill_refused(self, reason: str) -> None:
+        """Why a fill was refused, on the current span (the use case's fill span)."""
+        if self._tracer is not None:
+            trace.get_current_span().set_attribute(FILL_REASON, reason)
 
     async def write_movie(self, stored: StoredMovie, rank: RankEntry) -> None:
         # Tried even while the breaker is open: if Redis answers after all, the
@@ -432,6 +497,19 @@ class RedisCache:
         # invalidations): drop the near copies; they come back with Redis.
         if self._near is not None and state is not BreakerState.CLOSED:
             self._near.disable()
+
+
+def _connection_attributes(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The span attributes of the server `options` (a redis-py pool's connection_kwargs) name."""
+    if "path" in options:
+        peer: dict[str, Any] = {"net.peer.name": options["path"], "net.transport": "other"}
+    else:
+        peer = {
+            "net.peer.name": options.get("host", "localhost"),
+            "net.peer.port": int(options.get("port", 6379)),
+            "net.transport": "ip_tcp",
+        }
+    return {"db.system": "redis", "db.redis.database_index": int(options.get("db") or 0), **peer}
 
 
 def _jitter() -> float:

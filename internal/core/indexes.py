@@ -12,6 +12,7 @@ from movieservice.core.deadline import Deadline
 from movieservice.core.ports import Cache, RankEntry, ServiceEvents, Store
 from movieservice.core.ranking import Ranking
 from movieservice.core.store_calls import store_errors
+from movieservice.core.tracing import ENTRIES, INDEX, INDEX_REBUILD, INDEX_WAIT, INDEX_WARM_UP, NO_TRACING, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,18 @@ GEO_INDEX_LOCK = "geo-index"
 # Rebuilding an index reads a whole collection: allow it more than one request's time.
 REBUILD_TIMEOUT_SECONDS = 120.0
 _POLL_SECONDS = 0.05
+_INDEX_NAMES = {TOP_INDEX_LOCK: "top_rated", GEO_INDEX_LOCK: "geo"}
 
 
 class Indexes:
-    def __init__(self, cache: Cache, store: Store, events: ServiceEvents, ranking: Ranking) -> None:
+    def __init__(
+        self, cache: Cache, store: Store, events: ServiceEvents, ranking: Ranking, tracer: Tracer = NO_TRACING
+    ) -> None:
         self._cache = cache
         self._store = store
         self._events = events
         self._ranking = ranking
+        self._tracer = tracer
 
     async def ensure_top(self, deadline: Deadline | None) -> None:
         """Rebuild the TopRated index unless it is there (or another process is
@@ -44,16 +49,22 @@ class Indexes:
                 ratings = await self._store.movie_ratings(REBUILD_TIMEOUT_SECONDS)
             return [self._ranking.entry(stored) for stored in ratings]
 
-        count = await self._cache.rebuild_top_index(entries)
-        self._events.index_rebuilt("top_rated")
-        log.info("rebuilt the TopRated index: %d movies", count)
+        with self._tracer.span(INDEX_REBUILD) as span:
+            span.set_attribute(INDEX, "top_rated")
+            count = await self._cache.rebuild_top_index(entries)
+            span.set_attribute(ENTRIES, count)
+            self._events.index_rebuilt("top_rated")
+            log.info("rebuilt the TopRated index: %d movies", count)
 
     async def rebuild_geo(self) -> None:
-        with store_errors():
-            theaters = await self._store.theaters(REBUILD_TIMEOUT_SECONDS)
-        await self._cache.rebuild_geo_index(theaters)
-        self._events.index_rebuilt("geo")
-        log.info("rebuilt the theater index: %d theaters", len(theaters))
+        with self._tracer.span(INDEX_REBUILD) as span:
+            span.set_attribute(INDEX, "geo")
+            with store_errors():
+                theaters = await self._store.theaters(REBUILD_TIMEOUT_SECONDS)
+            await self._cache.rebuild_geo_index(theaters)
+            span.set_attribute(ENTRIES, len(theaters))
+            self._events.index_rebuilt("geo")
+            log.info("rebuilt the theater index: %d theaters", len(theaters))
 
     async def _ensure(
         self,
@@ -64,23 +75,27 @@ class Indexes:
     ) -> None:
         """One process rebuilds (under a lock in the cache); the others wait for it."""
         give_up = deadline.at if deadline is not None else time.monotonic() + REBUILD_TIMEOUT_SECONDS
-        while True:
-            token = await self._cache.try_lock(lock, REBUILD_TIMEOUT_SECONDS)
-            if token is not None:
-                try:
-                    if not await is_ready():
-                        await rebuild()
-                finally:
-                    await self._cache.unlock(lock, token)
-                return
-            if await is_ready() or time.monotonic() >= give_up:
-                return
-            await asyncio.sleep(_POLL_SECONDS)
+        token = await self._cache.try_lock(lock, REBUILD_TIMEOUT_SECONDS)
+        if token is None:
+            # Another process is rebuilding: wait for it (or for the lock).
+            with self._tracer.span(INDEX_WAIT) as span:
+                span.set_attribute(INDEX, _INDEX_NAMES.get(lock, lock))
+                while token is None:
+                    if await is_ready() or time.monotonic() >= give_up:
+                        return
+                    await asyncio.sleep(_POLL_SECONDS)
+                    token = await self._cache.try_lock(lock, REBUILD_TIMEOUT_SECONDS)
+        try:
+            if not await is_ready():
+                await rebuild()
+        finally:
+            await self._cache.unlock(lock, token)
 
     async def warm_up(self) -> None:
         """Build missing indexes now rather than on the first request (best effort)."""
-        for name, ensure in (("top_rated", self.ensure_top), ("geo", self.ensure_geo)):
-            try:
-                await ensure(None)
-            except Exception as error:  # noqa: BLE001 - warm-up is best effort; requests retry
-                log.warning("index warm-up (%s) failed: %s", name, error)
+        with self._tracer.span(INDEX_WARM_UP):  # one trace for the checks and rebuilds of a start
+            for name, ensure in (("top_rated", self.ensure_top), ("geo", self.ensure_geo)):
+                try:
+                    await ensure(None)
+                except Exception as error:  # noqa: BLE001 - warm-up is best effort; requests retry
+                    log.warning("index warm-up (%s) failed: %s", name, error)

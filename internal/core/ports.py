@@ -99,6 +99,8 @@ class CachedMovie(NamedTuple):
     # The entry is close enough to expiry that this caller should refresh it
     # (probabilistic early expiration, XFetch).
     refresh_early: bool = False
+    # Answered from this process' memory (the near cache), not from the cache server.
+    near: bool = False
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,20 @@ from movieservice.core.ports import (
     StoredMovie,
 )
 from movieservice.core.store_calls import store_errors
+from movieservice.core.tracing import (
+    CACHE,
+    CACHE_FILL,
+    CACHE_LOOKUP,
+    EARLY_REFRESH,
+    FILL_RESULT,
+    LEASE,
+    LEASE_WAIT,
+    NO_TRACING,
+    RESULT,
+    SHARED,
+    SINGLE_FLIGHT,
+    Tracer,
+)
 from movieservice.core.validation import check_movie_id
 
 log = logging.getLogger(__name__)
@@ -51,6 +65,7 @@ class MovieReads:
         fill_lease_seconds: float = 2.0,
         refresh_timeout_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -59,6 +74,7 @@ class MovieReads:
         self._lease_seconds = fill_lease_seconds
         self._refresh_timeout = refresh_timeout_seconds
         self._clock = clock
+        self._tracer = tracer
         self._loads: SingleFlight[bytes | None] = SingleFlight()
         self._batch_loads: SingleFlight[dict[str, StoredMovie]] = SingleFlight()
         self._refreshing: set[str] = set()
@@ -70,7 +86,14 @@ class MovieReads:
             raise InvalidArgument(problems)
         movie_id = movie_id.lower()
         try:
-            cached = await self._cache.get_movie(movie_id)
+            with self._tracer.span(CACHE_LOOKUP) as span:
+                span.set_attribute(CACHE, "movie")
+                try:
+                    cached = await self._cache.get_movie(movie_id)
+                except CacheUnavailable:
+                    span.set_attribute(RESULT, "error")
+                    raise
+                span.set_attribute(RESULT, _outcome(cached))
         except CacheUnavailable:
             # No coalescing here: a shared read that began before a write the
             # cache could not record might be older than that write.
@@ -116,8 +139,14 @@ class MovieReads:
             timeout = deadline.timeout()
             joined = flights.running(key)
             try:
-                with store_errors():
-                    return await flights.run(key, functools.partial(work, timeout), timeout)
+                # The work runs in a task started within this span (by the
+                # caller that started it): its Redis and MongoDB spans are
+                # children of that caller's span; the others' spans show their wait.
+                with store_errors(), self._tracer.span(SINGLE_FLIGHT) as span:
+                    span.set_attribute(CACHE, what)
+                    result = await flights.run(key, functools.partial(work, timeout), timeout)
+                    span.set_attribute(SHARED, result[1])
+                    return result
             except TimeoutError:
                 raise DeadlineExceeded(f"deadline exceeded waiting for the {what}") from None
             except DeadlineExceeded:
@@ -132,11 +161,12 @@ class MovieReads:
             lease = await self._cache.lease_fill(movie_id, self._lease_seconds)
             # With the lease, look again: the previous holder may have filled
             # the entry between this caller's miss and now.
-            filled = (
-                await self._cache.get_movie(movie_id)
-                if lease is not None
-                else await self._wait_for_fill(movie_id, min(timeout, self._lease_seconds))
-            )
+            if lease is not None:
+                filled = await self._cache.get_movie(movie_id)
+            else:
+                with self._tracer.span(LEASE_WAIT) as span:
+                    filled = await self._wait_for_fill(movie_id, min(timeout, self._lease_seconds))
+                    span.set_attribute(RESULT, "filled" if filled is not None else "timed_out")
             if filled is not None:
                 if lease is not None:
                     await self._cache.release_fill(movie_id, lease)
@@ -174,13 +204,16 @@ class MovieReads:
     ) -> None:
         """Cache what a store read returned, if its lease (taken before the
         read) survived: no write and no loss of the cache's data since."""
-        try:
-            applied = await self._cache.put_movie(movie_id, stored, load_seconds, epoch, lease)
-            self._events.fill("applied" if applied else "refused")
-            if applied:
-                self._events.fill_lag(self._clock() - answered)
-        except CacheUnavailable as error:
-            log.debug("could not cache movie %s: %s", movie_id, error)
+        with self._tracer.span(CACHE_FILL) as span:
+            try:
+                applied = await self._cache.put_movie(movie_id, stored, load_seconds, epoch, lease)
+                self._events.fill("applied" if applied else "refused")
+                span.set_attribute(FILL_RESULT, "applied" if applied else "refused")
+                if applied:
+                    self._events.fill_lag(self._clock() - answered)
+            except CacheUnavailable as error:
+                span.set_attribute(FILL_RESULT, "error")
+                log.debug("could not cache movie %s: %s", movie_id, error)
 
     def _refresh_soon(self, movie_id: str) -> None:
         """Reload a hot movie before its entry expires (XFetch), once at a time."""
@@ -190,20 +223,25 @@ class MovieReads:
         self._background.spawn(self._refresh(movie_id))
 
     async def _refresh(self, movie_id: str) -> None:
-        try:
-            lease = await self._cache.lease_fill(movie_id, self._lease_seconds)
-            if lease is None:
-                return  # another process is reading it
-            epoch = self._cache.recovery_epoch()
-            started = self._clock()
-            stored = await self._store.get_movie(movie_id, self._refresh_timeout)
-            applied = await self._cache.put_movie(movie_id, stored, self._clock() - started, epoch, lease)
-            self._events.fill("applied" if applied else "refused")
-            self._events.early_refresh()
-        except DependencyError as error:
-            log.debug("early refresh of %s failed: %s", movie_id, error)
-        finally:
-            self._refreshing.discard(movie_id)
+        with self._tracer.span(CACHE_FILL) as span:
+            span.set_attribute(EARLY_REFRESH, True)
+            try:
+                lease = await self._cache.lease_fill(movie_id, self._lease_seconds)
+                span.set_attribute(LEASE, "acquired" if lease is not None else "held_elsewhere")
+                if lease is None:
+                    return  # another process is reading it
+                epoch = self._cache.recovery_epoch()
+                started = self._clock()
+                stored = await self._store.get_movie(movie_id, self._refresh_timeout)
+                applied = await self._cache.put_movie(movie_id, stored, self._clock() - started, epoch, lease)
+                self._events.fill("applied" if applied else "refused")
+                span.set_attribute(FILL_RESULT, "applied" if applied else "refused")
+                self._events.early_refresh()
+            except DependencyError as error:
+                span.set_attribute(FILL_RESULT, "error")
+                log.debug("early refresh of %s failed: %s", movie_id, error)
+            finally:
+                self._refreshing.discard(movie_id)
 
     async def load_many(self, movie_ids: Sequence[str], deadline: Deadline, *, coalesce: bool) -> dict[str, bytes]:
         """The serialized movies of `movie_ids` the store holds, read in one call
@@ -239,6 +277,16 @@ class MovieReads:
         except CacheUnavailable:
             return {}
         return {movie_id: lease for movie_id, lease in zip(movie_ids, leases, strict=True) if lease is not None}
+
+
+def _outcome(cached: CachedMovie | None) -> str:
+    """A movie lookup's result as its span says it: hit, near_hit (this
+    process' memory), negative_hit (known not to exist) or miss."""
+    if cached is None:
+        return "miss"
+    if cached.data is None:
+        return "negative_hit"
+    return "near_hit" if cached.near else "hit"
 
 
 def _found(movie_id: str, data: bytes | None) -> bytes:

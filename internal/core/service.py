@@ -15,6 +15,7 @@ from movieservice.core.ports import Cache, ServiceEvents, Store
 from movieservice.core.ranking import Ranking
 from movieservice.core.reads import MovieReads
 from movieservice.core.top_rated import TopRatedPages
+from movieservice.core.tracing import NO_TRACING, Tracer
 from movieservice.core.writers import FAILURES_PER_MINUTE, FailureLimiter, Writers
 from movieservice.core.writes import CacheRepairs, MovieWrites
 
@@ -59,8 +60,14 @@ class MovieService:
 
     @classmethod
     def create(
-        cls, cache: Cache, store: Store, events: ServiceEvents, options: ServiceOptions = ServiceOptions()
+        cls,
+        cache: Cache,
+        store: Store,
+        events: ServiceEvents,
+        options: ServiceOptions = ServiceOptions(),
+        tracer: Tracer = NO_TRACING,
     ) -> MovieService:
+        """`tracer`: the spans of the work no library sees (see core/tracing.py)."""
         background = Background()
         ranking = options.ranking
         reads = MovieReads(
@@ -70,8 +77,9 @@ class MovieService:
             background,
             fill_lease_seconds=options.fill_lease_seconds,
             refresh_timeout_seconds=options.background_timeout_seconds,
+            tracer=tracer,
         )
-        indexes = Indexes(cache, store, events, ranking)
+        indexes = Indexes(cache, store, events, ranking, tracer)
         repairs = CacheRepairs(
             cache,
             store,
@@ -79,6 +87,7 @@ class MovieService:
             ranking,
             interval_seconds=options.repair_interval_seconds,
             timeout_seconds=options.background_timeout_seconds,
+            tracer=tracer,
         )
         # Before the cache is trusted again after an outage, the writes it missed are applied.
         cache.set_recovery_hook(repairs.apply)

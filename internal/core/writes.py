@@ -32,6 +32,7 @@ from movieservice.core.ports import (
 )
 from movieservice.core.ranking import Ranking
 from movieservice.core.store_calls import store_errors
+from movieservice.core.tracing import CACHE_REPAIR, NO_TRACING, REPAIRS, Tracer
 from movieservice.core.validation import check_upsert
 from movieservice.core.writers import Credentials, Writers
 from movieservice.proto.movies.v1.movies_pb2 import Movie
@@ -56,6 +57,7 @@ class CacheRepairs:
         *,
         interval_seconds: float = 1.0,
         timeout_seconds: float = 5.0,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -63,6 +65,7 @@ class CacheRepairs:
         self._ranking = ranking
         self._interval = interval_seconds
         self._timeout = timeout_seconds
+        self._tracer = tracer
         self._wakeup = asyncio.Event()
 
     async def record(self, movie_id: str) -> None:
@@ -93,14 +96,20 @@ class CacheRepairs:
     async def apply(self) -> int:
         """Apply to the cache the current version of every movie whose write
         could not reach it; returns how many. Raises DependencyError."""
-        repairs = await self._store.cache_repairs(self._timeout)
-        for repair in repairs:
-            stored = await self._store.get_movie(repair.movie_id, self._timeout)
-            if stored is not None:
-                await self._cache.write_movie(stored, self._ranking.entry(stored))
-            await self._store.clear_cache_repair(repair, self._timeout)
-            self._events.cache_repair("applied")
-        if repairs:
+        # Asked every second by every process, mostly to hear "nothing":
+        # untraced, or each would be a trace. Applying repairs is traced.
+        with self._tracer.untraced():
+            repairs = await self._store.cache_repairs(self._timeout)
+        if not repairs:
+            return 0
+        with self._tracer.span(CACHE_REPAIR) as span:
+            span.set_attribute(REPAIRS, len(repairs))
+            for repair in repairs:
+                stored = await self._store.get_movie(repair.movie_id, self._timeout)
+                if stored is not None:
+                    await self._cache.write_movie(stored, self._ranking.entry(stored))
+                await self._store.clear_cache_repair(repair, self._timeout)
+                self._events.cache_repair("applied")
             log.info("applied %d deferred cache updates", len(repairs))
         return len(repairs)
 

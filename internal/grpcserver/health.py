@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from grpc_health.v1 import health, health_pb2
 
 from movieservice.core.ports import Cache, DependencyError, Store
+from movieservice.core.tracing import NO_TRACING, Tracer
 from movieservice.grpcserver.servicer import SERVICE_NAME
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ class HealthReporter:
         cache: Cache,
         store: Store,
         interval_seconds: float = 2.0,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._servicer = servicer
+        self._tracer = tracer
         self._cache = cache
         self._store = store
         self._interval = interval_seconds
@@ -50,8 +53,11 @@ class HealthReporter:
 
     async def start(self) -> None:
         await self._servicer.set(INSTANCE, _SERVING)  # NOT_SERVING on enter_graceful_shutdown
-        await self.check_once()
-        self._task = asyncio.ensure_future(self._run())
+        # Checks every few seconds: untraced (the task keeps the context it starts in),
+        # or each would be a trace of its own.
+        with self._tracer.untraced():
+            await self.check_once()
+            self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
         """Stop checking (a check in progress is cancelled)."""

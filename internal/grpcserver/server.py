@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
+from movieservice import tracing
 from movieservice.app import App, build_app
 from movieservice.config import ConfigError, Settings, redact_url
 from movieservice.core.top_rated import MAX_RESPONSE_BYTES
@@ -120,8 +121,8 @@ class ListenError(RuntimeError):
 
 def register(server: grpc.aio.Server, app: App, interceptor: PrometheusInterceptor | None = None) -> None:
     """Add MovieService, health and (unless REFLECTION=0) reflection to
-    `server`, every call observed by `interceptor`."""
-    app.servicer.register(Registrar(server), interceptor)
+    `server`, every call observed by `interceptor` (and, with traces on, a server span per MovieService call)."""
+    app.servicer.register(Registrar(server, tracing.active().method_wrappers()), interceptor)
     registrar = Registrar(server, [interceptor] if interceptor else [])
     health_pb2_grpc.add_HealthServicer_to_server(app.health, registrar)
     if app.settings.reflection:
@@ -148,7 +149,12 @@ def serve(settings: Settings, *, metrics_http: bool = True, build: Callable[[Set
     Returns the process exit status.
     """
     uvloop.install()
-    return asyncio.run(_serve(settings, metrics_http, build))
+    # Here, in each worker: the exporter's thread and channel must not cross a fork.
+    traces = tracing.start()
+    try:
+        return asyncio.run(_serve(settings, metrics_http, build))
+    finally:
+        traces.shutdown()
 
 
 async def _serve(settings: Settings, metrics_http: bool, build: Callable[[Settings], App]) -> int:

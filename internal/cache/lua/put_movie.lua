@@ -6,7 +6,8 @@
 -- The lease is what makes a fill prove it is current: every write of the
 -- movie deletes it, and so does anything that loses Redis' data (FLUSHALL,
 -- eviction, a restart without persistence, a failover to a replica that never
--- saw it), which also takes the version fences away. Returns 1 if written.
+-- saw it), which also takes the version fences away. Returns 1 if written, 0
+-- if the lease is gone, -1 if a newer version is known (the reason a trace shows).
 local entry = KEYS[1]          -- movie:<id>, a hash {v, b, e, d}
 local versions = KEYS[2]       -- top:version, id -> last version applied (the fences)
 local lease = KEYS[3]          -- lease:<id>, the fill lease (a random token, with a TTL)
@@ -23,7 +24,7 @@ redis.call('DEL', lease)
 local v = tonumber(version)
 local cached = tonumber(redis.call('HGET', entry, 'v') or '-2')
 local known = tonumber(redis.call('HGET', versions, movie_id) or '-2')
-if cached > v or known > v then return 0 end
+if cached > v or known > v then return -1 end
 redis.call('DEL', entry)
 if body == '' then
   redis.call('HSET', entry, 'v', version, 'e', expires_at_ms, 'd', load_ms)
