@@ -147,13 +147,14 @@ class _OtelTracer:
     """The core's `Tracer` port on an OpenTelemetry tracer."""
 
     def __init__(self, tracer: Any, tracing: Tracing) -> None:
-        self._tracer = tracer
-        self._tracing = tracing
-
-    def span(self, name: str) -> AbstractContextManager[Span]:
         from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
-        if not is_instrumentation_enabled() or self._tracing.unsampled_parent():
+        self._tracer = tracer
+        self._tracing = tracing
+        self._instrumentation_enabled = is_instrumentation_enabled
+
+    def span(self, name: str) -> AbstractContextManager[Span]:
+        if not self._instrumentation_enabled() or self._tracing.unsampled_parent():
             return NO_TRACING.span(name)
         context_manager: AbstractContextManager[Span] = self._tracer.start_as_current_span(name)
         return context_manager
@@ -284,10 +285,10 @@ class ServerSpans:
         self._context_keys = frozenset(field.lower() for field in propagate.get_global_textmap().fields) - {"baggage"}
 
     def wrap(self, method: str, handler: Any) -> Any:
-        import random
+        from random import random
 
         import grpc
-        from opentelemetry.instrumentation.utils import suppress_instrumentation
+        from opentelemetry.context import attach, detach
 
         service = method.lstrip("/").rpartition("/")[0]
         if handler.unary_unary is None or service in self._untraced:
@@ -295,14 +296,23 @@ class ServerSpans:
         plain = handler.unary_unary
         traced = self._instrumentation._intercept_aio_server_unary(plain, _CallDetails(method))
         behavior = traced
-        ratio, keys = self._root_ratio, self._context_keys
+        ratio, keys, untraced = self._root_ratio, self._context_keys, _untraced_context()
         if ratio is not None:
 
             async def drawn(request: Any, context: Any) -> Any:
-                if random.random() < ratio or any(key in keys for key, _ in context.invocation_metadata() or ()):
+                # Per call, on the hot path: a loop rather than any() over a
+                # generator, and the untraced context made once (a call starts
+                # with an empty one) rather than by suppress_instrumentation().
+                if random() < ratio:
                     return await traced(request, context)
-                with suppress_instrumentation():
+                for key, _ in context.invocation_metadata() or ():
+                    if key in keys:
+                        return await traced(request, context)
+                token = attach(untraced)
+                try:
                     return await plain(request, context)
+                finally:
+                    detach(token)
 
             behavior = drawn
         return grpc.unary_unary_rpc_method_handler(
@@ -310,6 +320,16 @@ class ServerSpans:
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _untraced_context() -> Any:
+    """The OpenTelemetry context of a call left out of the sample: instrumentation
+    suppressed (no span of the service's or of a library's is opened in it)."""
+    from opentelemetry import context
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        return context.get_current()
 
 
 class _CallDetails:
@@ -344,7 +364,6 @@ def start(environ: Mapping[str, str] | None = None) -> Tracing:
     if _active.enabled or not enabled_in(environ):
         return _active
     from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -358,6 +377,8 @@ def start(environ: Mapping[str, str] | None = None) -> Tracing:
     # second while a collector is down. They are counted instead (see DropCounts).
     logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
     drops = DropCounts()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
     exporter = _CountingExporter(OTLPSpanExporter(), drops)
     root_ratio = _root_ratio(environ)
     if root_ratio is None:
