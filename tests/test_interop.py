@@ -9,7 +9,6 @@ compare what it saw with what the Python client sees for the same requests.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -26,13 +25,12 @@ from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.conftest import AUTH_TOKEN, PROJECT_ROOT, serve_in_process
 from tests.support.certs import Pki, make_pki, requires_openssl
 from tests.support.data import has_real_data
+from tests.support.go import build_go_client, requires_go
 from tests.support.inprocess import ServedApp
 from tests.support.proxy import FaultProxy
 from tests.support.reference import all_theaters
 
-GO = shutil.which("go")
 NODE, NPM = shutil.which("node"), shutil.which("npm")
-requires_go = pytest.mark.skipif(GO is None, reason="`go` is not installed: the Go interop client cannot be built")
 requires_node = pytest.mark.skipif(
     NODE is None or NPM is None, reason="`node` or `npm` is not installed: the Node interop client cannot run"
 )
@@ -68,20 +66,7 @@ def test_generated_go_code_is_fresh(tmp_path):
 
 @pytest.fixture(scope="module")
 def go_client(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """The Go client, built once per module (so no build time falls inside a run)."""
-    binary = tmp_path_factory.mktemp("interop-go") / "interop"
-    # -mod=readonly: a go.mod or go.sum that is not complete fails here instead of being rewritten.
-    env = os.environ | {"GOFLAGS": "-mod=readonly -buildvcs=false", "GOTOOLCHAIN": "local"}
-    result = subprocess.run(
-        [str(GO), "build", "-o", str(binary), "./tests/interop/go"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    return [str(binary)]
+    return build_go_client(tmp_path_factory.mktemp("interop-go"))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -31,6 +32,7 @@ from movieservice.devstack.processes import ServerProcess, free_port, nginx_conf
 from movieservice.devstack.stack import ServiceProcess
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 from tests.conftest import PROJECT_ROOT
+from tests.support.go import build_go_client, requires_go
 from tests.support.scripts import load_script
 from tests.support.stack import AUTH_TOKEN, Stack
 
@@ -344,6 +346,31 @@ def test_a_channel_with_the_service_config_balances_over_both_instances(balanced
                 caller.join()
     print(f"\nclient-side balancing across a graceful restart: {dict(outcomes)}")
     assert set(outcomes) == {"OK"}, outcomes
+
+
+@requires_go
+def test_a_go_client_with_the_service_config_balances_and_rides_out_a_graceful_restart(
+    balanced, movie_id, tmp_path_factory
+):
+    """The same service config in grpc-go (tests/interop/go -balance): its
+    calls reach both instances, and none fails while one restarts gracefully."""
+    client = build_go_client(tmp_path_factory.mktemp("interop-go"))
+    targets = ",".join(instance.target for instance in balanced.instances)
+    still = balanced.instances[1]
+    before = handled(still, "Get")
+    command = [*client, f"-balance={targets}", f"-service-config={SERVICE_CONFIG}", f"-id={movie_id}"]
+    with subprocess.Popen([*command, f"-seconds={LOAD_SECONDS}"], stdout=subprocess.PIPE, text=True) as go:
+        restarted = balanced.instances[0]
+        wait_until(lambda: handled(restarted, "Get") > 0 and handled(still, "Get") > before, "calls reach both")
+        assert restarted.process.stop(60) == 0
+        balanced.instances[0] = balanced.start_instance(port=restarted.process.port)
+        wait_until(lambda: handled(balanced.instances[0], "Get") > 0, "calls reach the new instance")
+        output, _ = go.communicate(timeout=LOAD_SECONDS + 60)
+    assert go.returncode == 0
+    (line,) = output.splitlines()
+    report = json.loads(line)
+    print(f"\nGo client balancing across a graceful restart: {report['codes']}")
+    assert set(report["codes"]) == {"OK"}, report
 
 
 def test_workers_drain_together_under_the_supervisor(balanced, movie_id):

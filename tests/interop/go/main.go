@@ -8,6 +8,13 @@
 //
 // With -cacert it connects over TLS, trusting that CA; with -cert and -key it
 // also presents a client certificate (mTLS).
+//
+//	go run ./tests/interop/go -balance=ADDR,ADDR,... -service-config=deployments/grpc-service-config.json -id=ID -seconds=N
+//
+// With -balance it instead balances Gets of -id over those addresses as the
+// service config says (round_robin, health checking, retries), from 4
+// goroutines for -seconds, and prints one line ("balanced"): the calls made,
+// counted by gRPC code.
 package main
 
 import (
@@ -18,6 +25,8 @@ import (
 	"flag"
 	"log"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/code"
@@ -25,7 +34,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/health" // client-side health checking, which the service config turns on
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -106,7 +118,14 @@ func main() {
 	caFile := flag.String("cacert", "", "connect over TLS, trusting the CA certificates in this PEM file")
 	certFile := flag.String("cert", "", "client certificate (PEM) for mTLS")
 	keyFile := flag.String("key", "", "the client certificate's private key (PEM)")
+	balance := flag.String("balance", "", "balance Gets over these comma-separated addresses instead (see above)")
+	serviceConfig := flag.String("service-config", "", "with -balance: the gRPC service config (JSON file)")
+	seconds := flag.Float64("seconds", 5, "with -balance: how long to keep calling")
 	flag.Parse()
+	if *balance != "" {
+		balanced(*balance, *serviceConfig, *id, time.Duration(*seconds*float64(time.Second)))
+		return
+	}
 	if *id == "" || *slowID == "" {
 		log.Fatal("-id and -slow-id are required")
 	}
@@ -185,4 +204,53 @@ func main() {
 	_, err = client.Get(ctx, &moviesv1.GetRequest{Id: *slowID})
 	cancel()
 	report("get_deadline", err, step{"elapsed_ms": time.Since(start).Milliseconds()})
+}
+
+// balanced calls Get(id) over every address in addresses (comma-separated),
+// as the service config in configFile says, from 4 goroutines for duration.
+// The addresses come from a resolver of this program's own (gRPC's manual
+// one), as a DNS name with one record per instance would give them.
+func balanced(addresses, configFile, id string, duration time.Duration) {
+	config, err := os.ReadFile(configFile)
+	if err != nil {
+		log.Fatalf("read -service-config: %v", err)
+	}
+	var endpoints []resolver.Address
+	for _, address := range strings.Split(addresses, ",") {
+		endpoints = append(endpoints, resolver.Address{Addr: address})
+	}
+	instances := manual.NewBuilderWithScheme("instances")
+	instances.InitialState(resolver.State{Addresses: endpoints})
+	conn, err := grpc.NewClient(
+		instances.Scheme()+":///movieservice",
+		grpc.WithResolvers(instances),
+		grpc.WithDefaultServiceConfig(string(config)),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	)
+	if err != nil {
+		log.Fatalf("connect: %v", err)
+	}
+	defer conn.Close()
+	client := moviesv1.NewMovieServiceClient(conn)
+
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var callers sync.WaitGroup
+	stop := time.Now().Add(duration)
+	for range 4 {
+		callers.Add(1)
+		go func() {
+			defer callers.Done()
+			for time.Now().Before(stop) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := client.Get(ctx, &moviesv1.GetRequest{Id: id})
+				cancel()
+				mu.Lock()
+				counts[code.Code_name[int32(status.Code(err))]]++
+				mu.Unlock()
+			}
+		}()
+	}
+	callers.Wait()
+	report("balanced", nil, step{"codes": counts})
 }
