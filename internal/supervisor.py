@@ -29,6 +29,12 @@ from movieservice.config import Settings
 log = logging.getLogger(__name__)
 
 _CRASH_LOOP_SECONDS = 1.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# A worker's exit statuses after it was told to stop that are not failures:
+# 0 (it drained and stopped), or ended by the signal itself, which happens
+# only while it is still starting (before serve() handles the signal), when
+# it has answered no call and there is nothing to drain.
+STOPPED_CLEANLY = (0, -signal.SIGTERM, -signal.SIGINT)
 
 
 def supervise(settings: Settings) -> int:
@@ -44,16 +50,23 @@ def supervise(settings: Settings) -> int:
     stopping = False
 
     def spawn(number: int) -> None:
+        # Blocked across the fork: a signal that comes meanwhile reaches the
+        # worker once it has the default action back, not the parent's `forward`.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
+                # Until serve() installs its own handlers, a stop signal ends a
+                # worker at once: it has no call to drain yet (see STOPPED_CLEANLY).
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 status = server.serve(settings, metrics_http=False)
             finally:
                 os._exit(status)
         workers[pid] = (number, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         log.info("worker %d started (pid %d)", number, pid)
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -64,10 +77,12 @@ def supervise(settings: Settings) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    for number in range(settings.workers):
-        spawn(number)
+    # Before the first fork: a stop signal during start-up stops the workers started so far.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for number in range(settings.workers):
+        if not stopping:
+            spawn(number)
     registry = CollectorRegistry()
     workers_collector = multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(UnaryMessageCounts(workers_collector))
@@ -83,7 +98,7 @@ def supervise(settings: Settings) -> int:
             code = os.waitstatus_to_exitcode(status)
             if stopping:
                 log.info("worker %d (pid %d) stopped with status %d", number, pid, code)
-                failed = failed or code != 0
+                failed = failed or code not in STOPPED_CLEANLY
                 continue
             log.warning("worker %d (pid %d) died with status %d: restarting it", number, pid, code)
             if time.monotonic() - started < _CRASH_LOOP_SECONDS:

@@ -15,7 +15,7 @@ import pytest
 from movieservice.devstack.metrics import scrape
 from movieservice.devstack.processes import child_pids, free_port, wait_for_port
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
-from tests.support.serving import start_serving, stop
+from tests.support.serving import service_environment, spawn_movieservice, start_serving, stop
 
 
 def handled(samples, method: str, code: str) -> float:
@@ -89,6 +89,23 @@ def test_two_workers_one_metrics_endpoint_summed_across_restarts(settings, seede
         assert "died with status -9: restarting it" in log.read_text()
     finally:
         assert stop(process) == 0, log.read_text()
+    assert not child_pids(process.pid)
+
+
+@pytest.mark.slow
+def test_two_workers_stopped_while_starting_exit_cleanly(settings, tmp_path):
+    """SIGTERM as soon as the workers are forked, before they serve (an
+    orchestrator scaling down a pod that just started): exit status 0."""
+    environment = service_environment(settings) | {"WORKERS": "2", "METRICS_PORT": "0"}
+    log = tmp_path / "server.log"
+    process = spawn_movieservice(["serve"], environment, tmp_path, log)
+    deadline = time.monotonic() + 20
+    while "worker 1 started" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+    assert "serving movies.v1.MovieService" not in log.read_text(), "the workers were meant to be still starting"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, log.read_text()
     assert not child_pids(process.pid)
 
 
