@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from movieservice.bench import __doc__ as BENCH_DOC
-from movieservice.bench import ceiling, latency, throughput, zipf
+from movieservice.bench import capacity, ceiling, latency, throughput, zipf
 from movieservice.bench.report import command_line, write_markdown
 from movieservice.bench.session import Bench, benchmark
 from movieservice.devstack.processes import PROJECT_ROOT
@@ -32,6 +32,7 @@ SECTIONS: dict[str, Callable[[Bench, str], None]] = {
     "zipf": zipf.zipf,
     "stampede": latency.stampede,
     "memory": throughput.memory,
+    "capacity": capacity.capacity,
 }
 
 
