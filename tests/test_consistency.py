@@ -339,8 +339,10 @@ def test_a_redis_cluster_master_killed_under_load(cluster_stack):
         stub = movies_pb2_grpc.MovieServiceStub(channel)
         cluster.flushall()
         wait_for(
-            lambda: [stub.Get(movies_pb2.GetRequest(id=m)) for m in movie_ids(cluster_stack)]
-            and cached_movies_on_cluster(cluster_stack) >= len(movie_ids(cluster_stack)),
+            lambda: (
+                [stub.Get(movies_pb2.GetRequest(id=m)) for m in movie_ids(cluster_stack)]
+                and cached_movies_on_cluster(cluster_stack) >= len(movie_ids(cluster_stack))
+            ),
             what="the service filling the cluster again after the failover",
         )
     after = checker(cluster_stack, services).run(8)

@@ -155,6 +155,7 @@ def test_a_write_revokes_the_fill_lease_of_a_read_that_began_before_it(backend: 
     assert backend.stub.Get(movies_pb2.GetRequest(id=movie_id)).movie.title == written.title
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("genre", ["Drama", "Western"])
 def test_top_rated_pages_match_the_ranking_computed_from_the_data(backend: Backend, settings, genre):
     expected = expected_ranking(settings_direct_url(settings), settings.mongo_db, genre)
@@ -162,6 +163,7 @@ def test_top_rated_pages_match_the_ranking_computed_from_the_data(backend: Backe
     assert all_pages(backend.stub, genre, page_size=37) == expected
 
 
+@pytest.mark.slow
 def test_an_upsert_moves_a_movie_between_genre_rankings(backend: Backend, settings):
     """One write, several sorted sets (on a cluster, several slots): it leaves
     the rankings of the genres it lost and enters the new ones at once."""
@@ -207,6 +209,7 @@ def test_nearby_matches_brute_force_haversine(backend: Backend, settings):
         assert [t.theater.theater_id for t in response.theaters] == [theater_id for theater_id, _ in expected]
 
 
+@pytest.mark.slow
 def test_indexes_lost_with_the_data_are_rebuilt(backend: Backend, settings):
     """FLUSHALL on every master: the next TopRated and Nearby rebuild their
     indexes (finding the old keys by SCAN on every master)."""
