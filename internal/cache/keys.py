@@ -75,9 +75,9 @@ class ClusterKeys(Keys):
       movie:{<id>}            the cached copy, as `movie:<id>` above (TTL)
       lease:{<id>}            its fill lease (TTL 2 s)
       version:{<id>}          hash <id> -> the last version applied (the fence; no TTL)
-      genres:{<id>}           hash {g: the genres it is indexed under, p: the genres
-                              before that version} (no TTL): which sorted sets a
-                              write must take it out of
+      genres:{<id>}           hash {g: the genres it is indexed under, p: every genre
+                              of its earlier versions} (no TTL): which sorted sets
+                              a write must take it out of
       top:{all}               sorted set of ranked movies, score = -rank score
       top:genre:{g:<genre>}   the same, per lowercase genre
       <ranking>:version       hash id -> the last version applied to that sorted set

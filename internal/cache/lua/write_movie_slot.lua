@@ -9,10 +9,10 @@
 -- Returns {applied, index, previous}: applied 1 if the copy was replaced;
 -- index 1 if the caller must update the rankings (this version is the newest
 -- the fence knows: first seen now, or seen before by a write that may not have
--- finished them); previous: the genres of the version before it,
--- "\n"-separated, whose sorted sets it must leave.
+-- finished them); previous: the genres of every earlier version,
+-- "\n"-separated, whose sorted sets it must leave (unless it is still in them).
 local fence = KEYS[1]          -- version:{<id>}, id -> last version applied (no TTL)
-local genres_of = KEYS[2]      -- genres:{<id>}, {g: its genres, p: the genres before}
+local genres_of = KEYS[2]      -- genres:{<id>}, {g: its genres, p: every genre it had before}
 local entry = KEYS[3]          -- movie:{<id>}
 local lease = KEYS[4]          -- lease:{<id>}, the fill lease
 local movie_id = ARGV[1]
@@ -37,8 +37,18 @@ if body ~= '' and known <= v then
 end
 if known > v then return {applied, 0, ''} end
 if known < v then
-  local current = redis.call('HGET', genres_of, 'g') or ''
+  -- p keeps every genre of every earlier version, not only the last one's: a
+  -- writer that died before leaving its old rankings is covered by the next.
+  local before = {}
+  local seen = {}
+  local earlier = (redis.call('HGET', genres_of, 'p') or '') .. '\n' .. (redis.call('HGET', genres_of, 'g') or '')
+  for g in string.gmatch(earlier, '[^\n]+') do
+    if not seen[g] then
+      seen[g] = true
+      before[#before + 1] = g
+    end
+  end
   redis.call('HSET', fence, movie_id, version)
-  redis.call('HSET', genres_of, 'g', genres, 'p', current)
+  redis.call('HSET', genres_of, 'g', genres, 'p', table.concat(before, '\n'))
 end
 return {applied, 1, redis.call('HGET', genres_of, 'p') or ''}
