@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from grpc_health.v1 import health
 
 from movieservice import tracing
+from movieservice.cache.cluster import RedisClusterCache
 from movieservice.cache.redis_cache import RedisCache, tls_options
 from movieservice.config import Settings
 from movieservice.core.ports import Cache, Store
@@ -74,6 +75,18 @@ def ranking_of(settings: Settings) -> Ranking:
 
 
 def redis_cache(settings: Settings, metrics: Metrics) -> RedisCache:
+    if settings.redis_cluster:
+        return RedisClusterCache(
+            settings.redis_url,
+            metrics.dependencies,
+            wait_replicas=settings.redis_cluster_wait_replicas,
+            key_prefix=settings.redis_key_prefix,
+            movie_ttl_seconds=settings.movie_ttl_seconds,
+            negative_ttl_seconds=settings.negative_ttl_seconds,
+            top_index_tag=ranking_of(settings).tag,
+            near_cache_size=settings.near_cache_size,
+            tls=tls_options(settings.redis_ca_file, settings.redis_cert_file, settings.redis_key_file),
+        )
     return RedisCache(
         settings.redis_url,
         metrics.dependencies,

@@ -89,6 +89,12 @@ class Settings:
     toprated_min_votes: float = 1000.0
     toprated_prior_rating: float = 6.5
     redis_key_prefix: str = "movieservice:"
+    # REDIS_URL names one node of a Redis Cluster (the client finds the rest);
+    # see README "Redis Cluster".
+    redis_cluster: bool = False
+    # On a cluster: replicas that must confirm each write (WAIT) before it
+    # counts as cached; 0 for a cluster without replicas.
+    redis_cluster_wait_replicas: int = 1
     log_level: str = "INFO"
     log_format: str = "text"
     # Buckets of grpc_server_handling_seconds (GRPC_HISTOGRAM_BUCKETS="0.001,0.005,...").
@@ -137,6 +143,13 @@ class Settings:
                 "REDIS_KEY_PREFIX must be non-empty without glob characters (* ? [ ] \\), "
                 f"got {self.redis_key_prefix!r}"
             )
+        if self.redis_cluster:
+            if self.redis_url.startswith("unix://"):
+                raise ConfigError("REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL (clusters speak TCP)")
+            if "{" in self.redis_key_prefix or "}" in self.redis_key_prefix:
+                raise ConfigError("REDIS_KEY_PREFIX must not hold { or } with REDIS_CLUSTER (they make hash tags)")
+        if self.redis_cluster_wait_replicas < 0:
+            raise ConfigError(f"REDIS_CLUSTER_WAIT_REPLICAS must be >= 0, got {self.redis_cluster_wait_replicas}")
         self._check_tls_files()
         self.writers()  # each AUTH_TOKENS entry is name:token
         if self.auth_client_subjects and not self.tls_client_ca_file:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from movieservice.app import App, build_app
 from movieservice.config import Settings
 from movieservice.core.ports import DependencyError
+from movieservice.devstack.cluster import RedisClusterProcesses, redis_cluster
 from movieservice.devstack.processes import FerretDBProcess, ServerProcess, ferretdb_server, redis_server
 from movieservice.devstack.stack import seed_database, service_environment
 from movieservice.metrics import Metrics
@@ -41,6 +42,14 @@ def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     process = redis_server(tmp_path_factory.mktemp("redis")).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """A Redis Cluster for the session: 3 masters with a replica each."""
+    cluster = redis_cluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

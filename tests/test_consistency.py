@@ -276,3 +276,77 @@ def test_near_cache_reads_its_own_writes_and_bounds_staleness_elsewhere(stack):
     print(f"near cache: {report.reads} reads, {len(elsewhere)} stale on the other server, "
           f"max lag {max(elsewhere, default=0) * 1000:.1f} ms")  # fmt: skip
     assert max(elsewhere, default=0) < 0.25, "invalidations took longer than the documented bound"
+
+
+@pytest.fixture
+def cluster_stack(tmp_path) -> Iterator[Stack]:
+    """The stack on a Redis Cluster: 3 masters with a replica each (REDIS_CLUSTER=1)."""
+    running = Stack(tmp_path, cluster_mode=True).start()
+    yield running
+    running.close()
+
+
+def cached_movies_on_cluster(stack: Stack) -> int:
+    import redis
+
+    count = 0
+    for node in stack.cluster.primaries():
+        with redis.Redis(port=node.port) as client:
+            count += sum(1 for _ in client.scan_iter("movieservice:movie:*"))
+    return count
+
+
+def test_no_stale_reads_on_a_redis_cluster(cluster_stack):
+    services = cluster_stack.serve(2, argv=DELAYED_FILLS, **RACE_WINDOWS)
+    report = checker(cluster_stack, services).run(8)
+    print(f"cluster: {report.reads} reads, {report.writes} writes, {len(report.stale)} stale")
+    assert report.reads > 300 and report.writes > 30, report
+    assert set(report.read_codes) == {"OK"} and set(report.write_codes) == {"OK"}, report
+    assert report.stale == []
+
+
+def test_a_redis_cluster_master_killed_under_load(cluster_stack):
+    """SIGKILL one master while two processes read and write: its replica is
+    promoted, the service carries on (reads from MongoDB and writes recorded
+    as repairs while the slot is out; UNAVAILABLE allowed but counted), and
+    afterwards it uses the cluster again with no stale read."""
+    cluster = cluster_stack.cluster
+    services = cluster_stack.serve(2, argv=DELAYED_FILLS, **RACE_WINDOWS)
+    failover: dict[str, float] = {}
+
+    def kill_a_master() -> None:
+        time.sleep(3)
+        victim = cluster.kill_primary()
+        killed = time.monotonic()
+        cluster.wait_until_ok(30)
+        failover["seconds"] = time.monotonic() - killed
+        assert not victim.running and len(cluster.primaries()) == cluster.masters
+
+    report = checker(cluster_stack, services).run(15, during=kill_a_master)
+    logs = "".join(service.log.read_text() for service in services)
+    opened, deferred = logs.count("circuit breaker open"), logs.count("cache update deferred")
+    print(
+        f"master killed: promoted after {failover['seconds']:.1f} s; {report.reads} reads {dict(report.read_codes)}, "
+        f"{report.writes} writes {dict(report.write_codes)}, {len(report.stale)} stale; "
+        f"breakers opened {opened} times, {deferred} cache writes deferred to repairs"
+    )
+    assert opened > 0, "the service never noticed the failover: the test did not exercise it"
+    assert report.stale == []
+    assert set(report.read_codes) <= {"OK", "UNAVAILABLE"} and set(report.write_codes) <= {"OK", "UNAVAILABLE"}
+    assert report.reads > 300 and report.writes > 30, report
+    # Afterwards: the cache is in use again (the copies come back) and nothing is stale.
+    with grpc.insecure_channel(services[0].target) as channel:
+        stub = movies_pb2_grpc.MovieServiceStub(channel)
+        cluster.flushall()
+        wait_for(
+            lambda: (
+                [stub.Get(movies_pb2.GetRequest(id=m)) for m in movie_ids(cluster_stack)]
+                and cached_movies_on_cluster(cluster_stack) >= len(movie_ids(cluster_stack))
+            ),
+            what="the service filling the cluster again after the failover",
+        )
+    after = checker(cluster_stack, services).run(8)
+    print(f"after the failover: {after.reads} reads, {after.writes} writes, {len(after.stale)} stale")
+    assert after.reads > 300 and after.writes > 30, after
+    assert set(after.read_codes) == {"OK"} and set(after.write_codes) == {"OK"}, after
+    assert after.stale == []

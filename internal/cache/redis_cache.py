@@ -114,10 +114,8 @@ class RedisCache:
         """`tls`: `tls_options(...)` for a rediss:// `url`; every connection (the
         commands' and the near cache's invalidations') uses them."""
         self._timeout_seconds = timeout_seconds
-        self._pool = redis_pool(url, timeout_seconds, **(tls or {}))
-        self._redis = AutoPipeline(self._pool.make_connection, timeout_seconds=timeout_seconds)
-        self._execute = self._redis.execute
-        self.keys = Keys(key_prefix)
+        self._execute = self._connect(url, timeout_seconds, tls or {})
+        self.keys = self._key_schema(key_prefix)
         self._ttl_ms = movie_ttl_seconds * 1000
         self._negative_ttl_ms = negative_ttl_seconds * 1000
         self._tag = top_index_tag
@@ -134,7 +132,7 @@ class RedisCache:
         metrics.breaker_state("redis", self._breaker.state)
         # None while traces are off: then `_run` costs one comparison more, nothing else.
         self._tracer = tracing.active().library_tracer(__name__)
-        self._span_attributes = _connection_attributes(self._pool.connection_kwargs)
+        self._span_attributes = _connection_attributes(self._connection_options())
         self._near: NearCache | None = None
         self._listener: InvalidationListener | None = None
         if near_cache_size > 0:
@@ -142,6 +140,23 @@ class RedisCache:
             self._listener = InvalidationListener(
                 url, timeout_seconds, self.keys.movie_prefix, self._near, self._breaker_closed, tls=tls
             )
+
+    def _connect(self, url: str, timeout_seconds: float, tls: Mapping[str, Any]) -> scripts.Execute:
+        """The clients; returns how a command is sent (`execute(*args)` -> reply)."""
+        self._pool = redis_pool(url, timeout_seconds, **tls)
+        self._redis = AutoPipeline(self._pool.make_connection, timeout_seconds=timeout_seconds)
+        return self._redis.execute
+
+    def _connection_options(self) -> Mapping[str, Any]:
+        return self._pool.connection_kwargs
+
+    @staticmethod
+    def _key_schema(prefix: str) -> Keys:
+        return Keys(prefix)
+
+    async def _disconnect(self) -> None:
+        await self._redis.close()
+        await self._pool.aclose()
 
     async def start(self) -> None:
         """Start receiving invalidations for the near cache (when there is one)."""
@@ -214,9 +229,12 @@ class RedisCache:
         # Bounded even if a reply were lost for good: an endless probe would
         # keep the breaker half-open, and Redis unused, for ever.
         async with asyncio.timeout(4 * self._timeout_seconds):
-            await self._execute("PING")
+            await self._ping_servers()
         if self._recovery_hook is not None:
             await self._recovery_hook()
+
+    async def _ping_servers(self) -> None:
+        await self._execute("PING")
 
     def set_recovery_hook(self, hook: Callable[[], Awaitable[object]]) -> None:
         self._recovery_hook = hook
@@ -267,7 +285,7 @@ class RedisCache:
             lambda: scripts.PUT_MOVIE.run(
                 self._execute,
                 entry=self.keys.movie(movie_id),
-                versions=self.keys.top_version,
+                versions=self.keys.fence(movie_id),
                 lease=self.keys.fill_lease(movie_id),
                 token=lease,
                 version=stored.version if stored is not None else -1,
@@ -465,7 +483,7 @@ class RedisCache:
         """
         started = time.perf_counter()
         try:
-            await self._execute("PING")
+            await self._ping_servers()
         except RedisError as error:
             self._breaker.trip()
             self._metrics.error("redis", "unavailable")
@@ -479,8 +497,7 @@ class RedisCache:
         if self._listener is not None:
             await self._listener.stop()
         await self._breaker.close()
-        await self._redis.close()
-        await self._pool.aclose()
+        await self._disconnect()
 
     # Near cache
 

@@ -63,5 +63,13 @@ NEARBY = LuaScript(
     args=("longitude", "latitude", "radius_km", "count", "format"),
 )
 UNLOCK = LuaScript("unlock", keys=("lock",), args=("token",))
+# Redis Cluster only (cluster.py): a write split into one script per slot.
+WRITE_MOVIE_SLOT = LuaScript(
+    "write_movie_slot",
+    keys=("fence", "genres_of", "entry", "lease"),
+    args=("movie_id", "version", "genres", "body", "ttl_ms", "expires_at_ms"),
+)
+RANK_ENTRY = LuaScript("rank_entry", keys=("ranking", "versions"), args=("movie_id", "version", "score"))
+RANKING_PAGE = LuaScript("ranking_page", keys=("ranking",), args=("after_score", "after_id", "limit"))
 
-ALL = (PUT_MOVIE, WRITE_MOVIE, TOP_PAGE, NEARBY, UNLOCK)
+ALL = (PUT_MOVIE, WRITE_MOVIE, TOP_PAGE, NEARBY, UNLOCK, WRITE_MOVIE_SLOT, RANK_ENTRY, RANKING_PAGE)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from movieservice.config import TLS_FILE_SETTINGS, Settings
+from movieservice.devstack.cluster import redis_cluster
 from movieservice.devstack.processes import (
     PROJECT_ROOT,
     FerretDBProcess,
@@ -130,7 +131,12 @@ def local_dependencies(
             servers.callback(mongo.stop)
             settings = replace(settings, mongo_url=f"mongodb://127.0.0.1:{mongo.port}/")
             log.info("started FerretDB at %s (data in %s)", settings.mongo_url, data_dir / "ferretdb")
-        if not {"REDIS_URL", "REDIS_HOST"} & explicit:
+        if not {"REDIS_URL", "REDIS_HOST"} & explicit and settings.redis_cluster:
+            cluster = redis_cluster(data_dir / "redis-cluster").start()
+            servers.callback(cluster.stop)
+            settings = replace(settings, redis_url=cluster.url)
+            log.info("started a Redis Cluster (3 masters, a replica each) at %s", settings.redis_url)
+        elif not {"REDIS_URL", "REDIS_HOST"} & explicit:
             cache = redis_server(data_dir / "redis", cpus=cpus).start()
             servers.callback(cache.stop)
             settings = replace(settings, redis_url=f"redis://127.0.0.1:{cache.port}/0")
@@ -160,6 +166,8 @@ def service_environment(settings: Settings, **overrides: str) -> dict[str, str]:
         METRICS_PORT="0",
         LOG_LEVEL="INFO",
     )
+    if settings.redis_cluster:
+        env["REDIS_CLUSTER"] = "1"
     env.update({name.upper(): value for name in TLS_FILE_SETTINGS if (value := getattr(settings, name))})
     env.update(overrides)
     return env

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from movieservice.devstack.cluster import RedisClusterProcesses, redis_cluster
 from movieservice.devstack.processes import FerretDBProcess, ServerProcess, ferretdb_server, redis_server
 from movieservice.devstack.stack import MOVIESERVICE, ServiceProcess, seed_database, spawn
 from tests.support.proxy import FaultProxy, MongoWireTap
@@ -27,13 +28,19 @@ def variant(*args: str) -> list[str]:
 @dataclass
 class Stack:
     directory: Path
+    # A Redis Cluster (3 masters, a replica each) in place of one redis-server.
+    cluster_mode: bool = False
     redis: ServerProcess = field(init=False)
+    cluster: RedisClusterProcesses = field(init=False)
     mongo: FerretDBProcess = field(init=False)
     mongo_proxy: FaultProxy = field(init=False)
     services: list[ServiceProcess] = field(default_factory=list)
 
     def start(self, movies: int = 40) -> Stack:
-        self.redis = redis_server(self.directory / "redis").start()
+        if self.cluster_mode:
+            self.cluster = redis_cluster(self.directory / "cluster").start()
+        else:
+            self.redis = redis_server(self.directory / "redis").start()
         self.mongo = ferretdb_server(self.directory / "ferretdb").start()
         self.mongo_proxy = FaultProxy(self.mongo.port, tap=MongoWireTap())
         seed_database(self.mongo_url, DATABASE, synthetic=movies, theaters=50, random_seed=11)
@@ -53,7 +60,7 @@ class Stack:
         environment |= {
             "MONGO_URL": f"mongodb://{self.mongo_proxy.url_host}/",
             "MONGO_DB": DATABASE,
-            "REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+            **self.redis_env(),
             "AUTH_TOKEN": AUTH_TOKEN,
             "METRICS_PORT": "0",
             "GRACE_PERIOD_SECONDS": "2",
@@ -63,6 +70,11 @@ class Stack:
         started = [spawn(environment, self.directory, argv=argv, name="service") for _ in range(count)]
         self.services += started
         return started
+
+    def redis_env(self) -> dict[str, str]:
+        if self.cluster_mode:
+            return {"REDIS_URL": self.cluster.url, "REDIS_CLUSTER": "1"}
+        return {"REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0"}
 
     def restart_redis(self) -> None:
         """Kill redis-server (no persistence: its data is gone) and start it on the same port."""
@@ -79,5 +91,8 @@ class Stack:
         for service in self.services:
             service.stop(15)
         self.mongo_proxy.close()
-        self.redis.stop()
+        if self.cluster_mode:
+            self.cluster.stop()
+        else:
+            self.redis.stop()
         self.mongo.stop()
