@@ -8,11 +8,12 @@ import asyncio
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -37,6 +38,7 @@ from movieservice.devstack.stack import (
 )
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
 
+T = TypeVar("T")
 TOKEN = "bench-token"
 # The Great Train Robbery in the real sample data: an 881-byte GetResponse.
 SAMPLE_ID = "573a1390f29313caabcd42e8"
@@ -228,6 +230,19 @@ class Bench:
 def movie_service(channel: grpc.Channel) -> Any:
     """A MovieService client stub on `channel` (generated code, untyped)."""
     return movies_pb2_grpc.MovieServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def answered(call: Callable[[], T], timeout: float = 600.0) -> T:
+    """`call()`, again while the service answers UNAVAILABLE (an index still
+    being rebuilt: a call waits for that only up to its deadline), for up to `timeout` s."""
+    give_up = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > give_up:
+                raise
+        time.sleep(0.1)
 
 
 def get(service: Service, movie_id: str, timeout: float = 30) -> movies_pb2.GetResponse:

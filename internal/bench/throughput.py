@@ -21,7 +21,7 @@ from movieservice.bench.load import (
     grpc_body_file,
     rss_mib,
 )
-from movieservice.bench.session import Bench, Service, get, movie_service
+from movieservice.bench.session import Bench, Service, answered, get, movie_service
 from movieservice.bench.stats import Ratio, interleaved
 from movieservice.cache.pipelining import BATCH_TURNS
 from movieservice.core import tracing as core_tracing
@@ -209,7 +209,8 @@ def toprated_and_nearby(bench: Bench, command: str) -> None:
     check_get(bench, service)
     with grpc.insecure_channel(service.target) as channel:  # the indexes are built before the first round
         stub = movie_service(channel)
-        if not stub.TopRated(TOP_RATED, timeout=120).movies or not stub.Nearby(NEARBY, timeout=120).theaters:
+        top = answered(lambda: stub.TopRated(TOP_RATED, timeout=120))
+        if not top.movies or not answered(lambda: stub.Nearby(NEARBY, timeout=120)).theaters:
             raise RuntimeError("TopRated or Nearby answered nothing: the rows would measure empty answers")
     bodies = {
         "Get": get_body(bench),

@@ -19,7 +19,14 @@ import grpc
 import redis
 
 from movieservice.bench.latency import get_each
-from movieservice.bench.session import ZIPF_DATABASE, ZIPF_MOVIES, ZIPF_REDIS_OPTIONS, Bench, movie_service
+from movieservice.bench.session import (
+    ZIPF_DATABASE,
+    ZIPF_MOVIES,
+    ZIPF_REDIS_OPTIONS,
+    Bench,
+    answered,
+    movie_service,
+)
 from movieservice.bench.stats import grown
 from movieservice.devstack.metrics import Samples
 from movieservice.proto.movies.v1 import movies_pb2
@@ -37,8 +44,10 @@ def zipf(bench: Bench, command: str) -> None:
 
     with grpc.insecure_channel(service.target) as channel:  # the indexes are built before the baseline
         stub = movie_service(channel)
-        stub.TopRated(movies_pb2.TopRatedRequest(), timeout=120)
-        stub.Nearby(movies_pb2.NearbyRequest(latitude=40.7, longitude=-74.0, radius_km=10), timeout=120)
+        answered(lambda: stub.TopRated(movies_pb2.TopRatedRequest(), timeout=120))
+        answered(
+            lambda: stub.Nearby(movies_pb2.NearbyRequest(latitude=40.7, longitude=-74.0, radius_km=10), timeout=120)
+        )
     baseline = used_memory(client)
     # Warm up unbounded and measure what a movie costs; then, for each share,
     # give Redis room for that share of the collection, settle under the bound
