@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -87,7 +86,7 @@ def test_a_repeated_lookup_shows_the_cache_at_work(page, service, redis_client):
             break
     assert "x-cache: hit" in cache_lines(page)[0]
     history = page.dataframe[0].value
-    assert list(history["cache"])[0] == "hit" and list(history["cache"])[-1] == "miss"
+    assert history["cache"].iloc[0] == "hit" and history["cache"].iloc[-1] == "miss"
     assert set(history["id"]) == {movie_id}
     assert page.subheader[0].value.startswith(str(history["title"].iloc[0]))
 
@@ -312,4 +311,3 @@ def test_problems_people_understand():
     assert store.title == "A dependency is down"
     assert calls.problem_of(Failed(grpc.StatusCode.PERMISSION_DENIED, ""), "h:1").title == "Writes are disabled"
     assert movies_pb2.Movie(title="x") == calls.NewMovie("x").message()
-
