@@ -19,7 +19,7 @@ log = logging.getLogger("movieservice")
 
 DEFAULT_DATA_DIR = Path(".data")
 DEV_AUTH_TOKEN = "dev-token"
-DEFAULT_UI_PORT = 8501
+DEFAULT_UI_PORT = 8501  # Streamlit's own default; UI_PORT in the environment changes it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,13 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where local servers keep data")
     _add_seed_source(dev, "--seed-from")
     dev.add_argument("--ui", action="store_true", help="start the web UI too (on --ui-port)")
-    dev.add_argument("--ui-port", type=int, default=DEFAULT_UI_PORT, help="the web UI's port (default 8501)")
+    dev.add_argument("--ui-port", type=int, default=_ui_port(), help="the web UI's port (default $UI_PORT or 8501)")
 
     from movieservice import client
 
     client.add_parser(commands)
     ui = commands.add_parser("ui", help="the web UI (Streamlit), a client of a running service")
-    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="where the page is served (default 8501)")
+    ui.add_argument("--port", type=int, default=_ui_port(), help="the page's port (default $UI_PORT or 8501)")
     ui.add_argument("--host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)")
     ui.add_argument("--target", help="the service, host:port (default $UI_TARGET or localhost:$GRPC_PORT)")
     ui.add_argument("--metrics-url", help="its /metrics (default $UI_METRICS_URL or 127.0.0.1:$METRICS_PORT)")
@@ -110,6 +110,12 @@ def seed_store(
     if clear_cache:
         clear(settings)
     return 0
+
+
+def _ui_port() -> int:
+    import os
+
+    return int(os.environ.get("UI_PORT") or DEFAULT_UI_PORT)
 
 
 def run_ui(port: int, host: str, target: str | None, metrics_url: str | None) -> int:

@@ -226,7 +226,11 @@ def top_rated_section(client: MovieClient) -> None:
     size = int(size_column.number_input("Page size", 1, 100, 10, key="top_size", on_change=reset_pages))
     pages: list[tuple[str, int]] = st.session_state.top_pages
     token, offset = pages[-1]
-    answer = client.top_rated(genre, size, token)
+    # Asked again only when the page changes (or after a write): not on every click elsewhere.
+    if st.session_state.get("top_key") != (genre, size, token):
+        st.session_state.top_answer_page = client.top_rated(genre, size, token)
+        st.session_state.top_key = (genre, size, token)
+    answer: Answer[movies_pb2.TopRatedResponse] = st.session_state.top_answer_page
     st.markdown(f"Page {len(pages)} · **{answer.latency_ms:.1f} ms**")
     if answer.problem is not None:
         show_problem(answer.problem)
@@ -372,6 +376,7 @@ def upsert_section(client: MovieClient) -> None:
             look_up(client, written.movie.id, "up_get")
             genre = written.movie.genres[0] if written.movie.genres else ""
             st.session_state.up_ranks = {g: client.rank(written.movie.id, g).value for g in dict.fromkeys([genre, ""])}
+            st.session_state.top_key = None  # the shown TopRated page may have changed
     answer: Answer[movies_pb2.UpsertResponse] | None = st.session_state.get("up_answer")
     if answer is None:
         return
