@@ -58,7 +58,7 @@ def browser() -> Iterator[webdriver.Chrome]:
         pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} is missing: run `make setup` (Debian's chromium, chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1200"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1350"):
         options.add_argument(argument)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
