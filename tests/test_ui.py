@@ -6,6 +6,7 @@ sees after each action, the cache at work, and every error as a message.
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 
 import grpc
@@ -236,6 +237,40 @@ def test_the_page_survives_a_service_restart(settings, service, monkeypatch, tmp
         assert "x-cache:" in cache_lines(at)[0]
     finally:
         restarted.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed: run `make setup`")
+def test_the_live_panel_from_prometheus(service, tmp_path, monkeypatch):
+    """With UI_PROMETHEUS_URL the panel asks Prometheus (which scrapes the service) instead."""
+    from tests.test_monitoring import start_prometheus, wait_until
+
+    process, api, log = start_prometheus(tmp_path, service.metrics_port)
+    try:
+        client = calls.MovieClient(service.target)
+
+        def asked() -> live.LiveStats | None:
+            # rate() needs two scrapes (1 s apart here) with calls between them.
+            for _ in range(5):
+                client.get(GREAT_TRAIN_ROBBERY)
+            stats = live.prometheus_stats(api.base)
+            return stats if stats and stats.rps.get("Get") else None
+
+        stats = wait_until(asked, 60, lambda: f"Prometheus never had a rate of Gets:\n{log.read_text()[-2000:]}")
+        client.close()
+        assert stats.hit_ratio is not None and 0 < stats.hit_ratio <= 1
+        assert stats.p50_ms["Get"] is not None and stats.p99_ms["all"] is not None
+        monkeypatch.setenv("UI_TARGET", service.target)
+        monkeypatch.setenv("UI_PROMETHEUS_URL", api.base)
+        monkeypatch.setenv("UI_REFRESH_SECONDS", "3600")
+        at = AppTest.from_file(str(UI_APP), default_timeout=60).run()
+        panel = {metric.label: metric.value for metric in at.metric}
+        assert float(panel["Requests/s"]) > 0 and panel["Get cache hit ratio"].endswith("%")
+        assert any(f"Prometheus at {api.base}" in caption.value for caption in at.caption)
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert live.prometheus_stats(api.base) is None  # gone: the panel says so, nothing raises
 
 
 # The logic on its own

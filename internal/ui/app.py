@@ -8,7 +8,8 @@ client like any other: everything it knows comes from MovieService, health and
 
 Settings (environment): UI_TARGET (host:port of the service, default
 localhost:$GRPC_PORT or localhost:50051), UI_METRICS_URL (default
-http://127.0.0.1:$METRICS_PORT/metrics, 9464), UI_REFRESH_SECONDS (3).
+http://127.0.0.1:$METRICS_PORT/metrics, 9464), UI_REFRESH_SECONDS (3),
+UI_PROMETHEUS_URL (empty: the live panel scrapes UI_METRICS_URL itself).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from movieservice.ui.calls import Answer, MovieClient, NewMovie, Problem
 TARGET = os.environ.get("UI_TARGET") or f"localhost:{os.environ.get('GRPC_PORT', '50051')}"
 METRICS_URL = os.environ.get("UI_METRICS_URL") or f"http://127.0.0.1:{os.environ.get('METRICS_PORT', '9464')}/metrics"
 REFRESH_SECONDS = float(os.environ.get("UI_REFRESH_SECONDS", "3"))
+# Set, the live panel asks this Prometheus (all instances) instead of scraping METRICS_URL.
+PROMETHEUS_URL = os.environ.get("UI_PROMETHEUS_URL", "")
 
 GENRES = [
     "",
@@ -409,19 +412,14 @@ def upsert_section(client: MovieClient) -> None:
 
 
 def live_section(client: MovieClient) -> None:
-    st.caption(f"From {METRICS_URL}, every {REFRESH_SECONDS:g} s.")
+    source = f"Prometheus at {PROMETHEUS_URL}" if PROMETHEUS_URL else METRICS_URL
+    st.caption(f"From {source}, every {REFRESH_SECONDS:g} s.")
 
     @st.fragment(run_every=REFRESH_SECONDS)
     def panel() -> None:
-        text = live.fetch_metrics(METRICS_URL)
         st.markdown(health_line(client.health()))
-        if text is None:
-            st.warning(f"**No metrics.** Nothing answers at {METRICS_URL}; retrying every {REFRESH_SECONDS:g} s.")
-            return
-        window: live.Window = st.session_state.setdefault("live_window", live.Window())
-        stats = window.add(live.parse_metrics(text, time.monotonic()))
+        stats = live_stats()
         if stats is None:
-            st.info("Collecting: the numbers appear after the next refresh.")
             return
         history: list[dict[str, Any]] = st.session_state.setdefault("live_history", [])
         now = pd.Timestamp.now()
@@ -447,6 +445,25 @@ def live_section(client: MovieClient) -> None:
         st.caption(f"Over the last {stats.seconds:.0f} s.")
 
     panel()
+
+
+def live_stats() -> live.LiveStats | None:
+    """From Prometheus when UI_PROMETHEUS_URL is set, else from two scrapes of /metrics
+    (None, with a message, until there are numbers to show)."""
+    if PROMETHEUS_URL:
+        stats = live.prometheus_stats(PROMETHEUS_URL)
+        if stats is None:
+            st.warning(f"**No metrics.** Prometheus at {PROMETHEUS_URL} does not answer; retrying.")
+        return stats
+    text = live.fetch_metrics(METRICS_URL)
+    if text is None:
+        st.warning(f"**No metrics.** Nothing answers at {METRICS_URL}; retrying every {REFRESH_SECONDS:g} s.")
+        return None
+    window: live.Window = st.session_state.setdefault("live_window", live.Window())
+    stats = window.add(live.parse_metrics(text, time.monotonic()))
+    if stats is None:
+        st.info("Collecting: the numbers appear after the next refresh.")
+    return stats
 
 
 def _ms(value: float | None) -> str:

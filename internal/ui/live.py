@@ -1,6 +1,8 @@
 """The live panel's numbers: requests per second by RPC, the Get cache hit
 ratio and p50/p99 latency, from the service's Prometheus `/metrics` text
-(parsed with prometheus_client's parser) taken a few seconds apart.
+(parsed with prometheus_client's parser) taken a few seconds apart, or, when
+the UI is given a Prometheus (UI_PROMETHEUS_URL), from Prometheus' own
+queries over every instance it scrapes (`prometheus_stats`).
 
 The rates are those between the oldest and the newest snapshot of a short
 window, as Prometheus' `rate()` computes them (a counter that went down was
@@ -10,11 +12,14 @@ histogram buckets as `histogram_quantile()` does.
 
 from __future__ import annotations
 
+import json
 import math
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -139,3 +144,56 @@ def fetch_metrics(url: str, timeout: float = 2.0) -> str | None:
             return text
     except (OSError, urllib.error.URLError, ValueError):
         return None
+
+
+def prometheus_stats(base_url: str, window: str = "1m", timeout: float = 2.0) -> LiveStats | None:
+    """The same numbers from a Prometheus that scrapes the service (every instance and
+    worker summed, over `window`), or None when it cannot be asked."""
+    selector = f'grpc_service="{SERVICE}"'
+    handled = f"rate(grpc_server_handled_total{{{selector}}}[{window}])"
+    buckets = f"rate(grpc_server_handling_seconds_bucket{{{selector}}}[{window}])"
+    lookups = f'rate(movieservice_cache_lookups_total{{cache="movie"}}[{window}])'
+    answered = f'rate(movieservice_cache_lookups_total{{cache="movie",result=~"{"|".join(CACHE_ANSWERED)}"}}[{window}])'
+    try:
+        rps = _by_method(_query(base_url, f"sum by (grpc_method) ({handled})", timeout))
+        ratio = _query(base_url, f"sum({answered}) / sum({lookups})", timeout)
+        quantiles = {}
+        for q in (0.5, 0.99):
+            per_method = _by_method(
+                _query(base_url, f"histogram_quantile({q}, sum by (le, grpc_method) ({buckets}))", timeout)
+            )
+            overall = _query(base_url, f"histogram_quantile({q}, sum by (le) ({buckets}))", timeout)
+            every: dict[str, float | None] = {m: _ms(v) for m, v in per_method.items()}
+            every["all"] = _ms(_number(overall[0]["value"][1])) if overall else None
+            quantiles[q] = every
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    hit_ratio = _number(ratio[0]["value"][1]) if ratio else None
+    return LiveStats(
+        _seconds(window), {m: v or 0.0 for m, v in rps.items()}, hit_ratio, quantiles[0.5], quantiles[0.99]
+    )
+
+
+def _query(base_url: str, expression: str, timeout: float) -> list[dict[str, Any]]:
+    url = f"{base_url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        answer = json.load(response)
+    if answer.get("status") != "success":
+        raise ValueError(f"Prometheus answered {answer.get('error')}")
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def _by_method(result: list[dict[str, Any]]) -> dict[str, float | None]:
+    return {item["metric"].get("grpc_method", ""): _number(item["value"][1]) for item in result}
+
+
+def _number(text: str) -> float | None:
+    """A sample's value; None for NaN (no calls in the window)."""
+    value = float(text)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def _seconds(window: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(window[:-1]) * units[window[-1]]
