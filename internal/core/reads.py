@@ -16,8 +16,9 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from movieservice.core.background import Background
 from movieservice.core.deadline import Deadline
@@ -67,9 +68,11 @@ class CacheOutcome(StrEnum):
     ERROR = "error"  # the cache could not be read: answered from the store alone
 
 
-class MovieRead(NamedTuple):
+@dataclass(slots=True)
+class MovieRead:
     """A Get's answer: the serialized Movie (None: there is none), how the cache
-    lookup ended, and the seconds spent in it and in the store (0.0: not read)."""
+    lookup ended, and the seconds spent in it and in the store (0.0: not read).
+    (A slotted class: one per Get, made faster than a NamedTuple.)"""
 
     movie_id: str
     data: bytes | None

@@ -229,9 +229,10 @@ def cache_metadata(read: MovieRead) -> tuple[tuple[str, str], ...]:
     """A Get's trailing metadata: `x-cache: <outcome>` and a W3C Server-Timing entry
     with the milliseconds spent in the cache lookup and (when it was read) the store,
     `server-timing: cache;dur=0.184, store;dur=1.702`."""
-    timing = f"cache;dur={read.cache_seconds * 1000:.3f}"
     if read.store_seconds:
-        timing += f", store;dur={read.store_seconds * 1000:.3f}"
+        timing = f"cache;dur={read.cache_seconds * 1000:.3f}, store;dur={read.store_seconds * 1000:.3f}"
+    else:
+        timing = f"cache;dur={read.cache_seconds * 1000:.3f}"
     return (_X_CACHE[read.outcome], ("server-timing", timing))
 
 
