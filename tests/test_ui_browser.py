@@ -36,6 +36,8 @@ CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver")
 SCREENSHOTS = PROJECT_ROOT / "reports" / "ui"
 GREAT_TRAIN_ROBBERY = "573a1390f29313caabcd42e8"
 WAIT_SECONDS = 60
+# WebGL in software (SwiftShader): the Nearby map (deck.gl) draws nothing without it.
+WEBGL = ("--use-angle=swiftshader", "--enable-unsafe-swiftshader")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def browser() -> Iterator[webdriver.Chrome]:
         pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} is missing: run `make setup` (Debian's chromium, chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1350"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1350", *WEBGL):
         options.add_argument(argument)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
@@ -177,6 +179,9 @@ def test_a_person_uses_every_part_of_the_page(browser, ui):
     distances = [float(row["km"]) for row in theaters]
     assert len(theaters) == shown and 1 <= shown <= 10
     assert distances == sorted(distances) and distances[-1] <= 10
+    WebDriverWait(browser, WAIT_SECONDS, 0.2).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"] canvas')
+    )
     shot(browser, "04-nearby")
 
     # Upsert: the new movie at once in Get (a hit: written through) and in TopRated.

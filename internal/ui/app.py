@@ -335,10 +335,14 @@ def nearby_section(client: MovieClient) -> None:
         }
     )
     st.caption(f"{len(found)} theaters, nearest first")
-    figure = px.scatter_map(table, lat="lat", lon="lon", hover_name="address", hover_data=["km"], zoom=10, height=420)
-    figure.add_scattermap(lat=[latitude], lon=[longitude], name="you", marker={"size": 14, "color": "red"})
-    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, showlegend=False)
-    st.plotly_chart(figure, width="stretch")
+    # deck.gl draws the points itself, so they show even where the base map's tiles cannot load.
+    points = pd.concat(
+        [
+            table.assign(color="#1f77b4", size=radius * 12.0)[["lat", "lon", "color", "size"]],
+            pd.DataFrame({"lat": [latitude], "lon": [longitude], "color": ["#d62728"], "size": [radius * 18.0]}),
+        ]
+    )
+    st.map(points, latitude="lat", longitude="lon", color="color", size="size", height=420)
     st.dataframe(table.drop(columns=["lat", "lon"]), hide_index=True, width="stretch")
 
 
