@@ -19,6 +19,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -131,6 +132,23 @@ def table(driver: webdriver.Chrome, column: str) -> list[dict[str, str]]:
     pytest.fail(f"no table with a {column!r} column")
 
 
+def click_row(driver: webdriver.Chrome, column: str, index: int) -> None:
+    """Click the row-selection cell of row `index` of the table with `column`
+    (the data grid is a canvas: rows are where its accessible table says)."""
+    for grid in driver.find_elements(By.CSS_SELECTOR, 'table[role="grid"]'):
+        header = [th.get_attribute("textContent") or "" for th in grid.find_elements(By.CSS_SELECTOR, "thead th")]
+        if column in header:
+            canvas = grid.find_element(By.XPATH, "..")
+            rows = int(grid.get_attribute("aria-rowcount") or 1)  # the header included
+            height = canvas.size["height"] / rows
+            x = -canvas.size["width"] / 2 + 14
+            y = -canvas.size["height"] / 2 + height * (index + 1.5)
+            ActionChains(driver).move_to_element_with_offset(canvas, int(x), int(y)).click().perform()
+            settled(driver)
+            return
+    pytest.fail(f"no table with a {column!r} column")
+
+
 def shot(driver: webdriver.Chrome, name: str) -> None:
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
@@ -163,6 +181,9 @@ def test_a_person_uses_every_part_of_the_page(browser, ui):
     assert [row["rank"] for row in first] == [str(rank) for rank in range(1, 11)]
     ratings = [float(row["IMDb rating"]) for row in first]
     assert all(0 < rating <= 10 for rating in ratings)
+    # Click a movie (its row) to open it.
+    click_row(browser, "rank", 2)
+    wait_for_text(browser, f"{first[2]['title']} ({first[2]['year']})", "IMDb", "Tomatoes viewers")
     shot(browser, "03-top-rated")
     button(browser, "Next page").click()
     wait_for_text(browser, "Page 2")

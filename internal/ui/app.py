@@ -267,6 +267,8 @@ def top_rated_section(client: MovieClient) -> None:
         y="title",
         orientation="h",
         hover_data=["votes", "year"],
+        color="votes",
+        color_continuous_scale="Blues",
         range_x=[0, 10],
         height=max(240, 28 * len(movies)),
     )
