@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint fmt proto lock loadtest bench clean
+.PHONY: setup run ui test test-fast lint fmt proto lock loadtest bench clean
 
 setup: $(STAMP) .tools/bin/.ok
 
@@ -32,6 +32,11 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock $(PACKAGE_DIRS)
 # Redis and FerretDB start locally unless REDIS_URL / MONGO_URL are set.
 run: setup
 	$(BIN)/movieservice dev
+
+# The web UI (Streamlit) on http://127.0.0.1:8501 (or UI_PORT), a client of the service
+# `make run` serves (UI_TARGET=host:port and UI_METRICS_URL=... point it elsewhere).
+ui: setup
+	$(BIN)/movieservice ui
 
 test: setup
 	$(BIN)/pytest
@@ -73,7 +78,12 @@ lock:
 
 # ghz load tests of every RPC against the local stack (or TARGET=host:port TOKEN=...),
 # failing when a scenario breaks its error or p99 limit. Reports in reports/loadtest/.
-loadtest: setup
+load# The web UI (Streamlit) on http://127.0.0.1:8501 (or UI_PORT), a client of the service
+# `make run` serves (UI_TARGET=host:port and UI_METRICS_URL=... point it elsewhere).
+ui: setup
+	$(BIN)/movieservice ui
+
+test: setup
 	$(BIN)/python scripts/loadtest.py $(if $(TARGET),--target $(TARGET) --token "$(TOKEN)")
 
 # The benchmark (ratios measured within one run); writes BENCHMARKS.md.

@@ -1,4 +1,4 @@
-"""The `movieservice` command: serve, seed, dev."""
+"""The `movieservice` command: serve, seed, dev, client, ui."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ log = logging.getLogger("movieservice")
 
 DEFAULT_DATA_DIR = Path(".data")
 DEV_AUTH_TOKEN = "dev-token"
+DEFAULT_UI_PORT = 8501  # Streamlit's own default; UI_PORT in the environment changes it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,14 +38,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     dev.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where local servers keep data")
     _add_seed_source(dev, "--seed-from")
+    dev.add_argument("--ui", action="store_true", help="start the web UI too (on --ui-port)")
+    dev.add_argument("--ui-port", type=int, default=_ui_port(), help="the web UI's port (default $UI_PORT or 8501)")
 
     from movieservice import client
 
     client.add_parser(commands)
+    ui = commands.add_parser("ui", help="the web UI (Streamlit), a client of a running service")
+    ui.add_argument("--port", type=int, default=_ui_port(), help="the page's port (default $UI_PORT or 8501)")
+    ui.add_argument("--host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)")
+    ui.add_argument("--target", help="the service, host:port (default $UI_TARGET or localhost:$GRPC_PORT)")
+    ui.add_argument("--metrics-url", help="its /metrics (default $UI_METRICS_URL or 127.0.0.1:$METRICS_PORT)")
 
     args = parser.parse_args(argv)
     if args.command == "client":
         return client.run(args)
+    if args.command == "ui":
+        return run_ui(args.port, args.host, args.target, args.metrics_url)
     try:
         settings = load_settings()
         tracing.configure_environment()
@@ -59,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if source is None and args.synthetic is None:
             parser.error("seed needs --from DIR or --synthetic N")
         return seed_store(settings, source, args.synthetic, replace=args.replace, clear_cache=not args.keep_cache)
-    return run_dev(settings, args.data_dir, args.source, args.synthetic)
+    return run_dev(settings, args.data_dir, args.source, args.synthetic, args.ui_port if args.ui else None)
 
 
 def serve(settings: Settings) -> int:
@@ -102,8 +112,33 @@ def seed_store(
     return 0
 
 
-def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: int | None) -> int:
-    from movieservice.devstack.processes import ToolMissing
+def _ui_port() -> int:
+    import os
+
+    return int(os.environ.get("UI_PORT") or DEFAULT_UI_PORT)
+
+
+def run_ui(port: int, host: str, target: str | None, metrics_url: str | None) -> int:
+    """The web UI in the foreground until Ctrl-C (it reads UI_TARGET and UI_METRICS_URL)."""
+    import os
+    import subprocess
+
+    from movieservice.devstack.processes import ui_argv
+
+    environment = dict(os.environ)
+    environment.update({"UI_TARGET": target} if target else {})
+    environment.update({"UI_METRICS_URL": metrics_url} if metrics_url else {})
+    print(f"movieservice web UI: http://{host}:{port}", file=sys.stderr)
+    try:
+        return subprocess.call(ui_argv(port, host), env=environment)
+    except KeyboardInterrupt:
+        return 0
+
+
+def run_dev(
+    settings: Settings, data_dir: Path, source: Path | None, synthetic: int | None, ui_port: int | None = None
+) -> int:
+    from movieservice.devstack.processes import ToolMissing, ui_server
     from movieservice.devstack.stack import local_dependencies
     from movieservice.store.seed import NoExports
 
@@ -124,6 +159,11 @@ def run_dev(settings: Settings, data_dir: Path, source: Path | None, synthetic: 
             log.info("writes need 'authorization: Bearer %s' (set AUTH_TOKEN to change it)", DEV_AUTH_TOKEN)
         if "METRICS_HOST" not in configured:
             settings = replace(settings, metrics_host="127.0.0.1")  # a laptop's metrics stay on it
+        if ui_port is not None:
+            metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+            page = ui_server(f"localhost:{settings.grpc_port}", metrics_url, data_dir.resolve(), ui_port).start(60)
+            servers.callback(page.stop)
+            log.info("web UI at http://127.0.0.1:%d (log in %s)", page.port, page.log_path)
         return serve(settings)
 
 

@@ -31,6 +31,10 @@ apt_install redis-server redis-tools prometheus nghttp2-client nginx
 # docker-compose (1.29): tests/test_deployments.py validates the compose file with
 # `docker-compose config`, which needs no container engine.
 apt_install docker-compose
+# Headless Chromium and its WebDriver (tests/test_ui_browser.py drives the web UI with
+# Selenium through them; nothing downloads a browser). Fonts, which --no-install-recommends
+# would leave out, so that screenshots show text.
+apt_install chromium chromium-driver fonts-liberation
 
 command -v go >/dev/null || { echo "install-tools: Go is required to build ferretdb, grpcurl and ghz" >&2; exit 1; }
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local

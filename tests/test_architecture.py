@@ -58,3 +58,33 @@ def test_each_lua_script_declares_its_keys_and_arguments_as_python_names_them(sc
     lines = script.source.splitlines()
     last = max(i for i, line in enumerate(lines) if re.match(r"local \w+ = (KEYS|ARGV)\[", line))
     assert not re.search(r"\b(KEYS|ARGV)\[", "\n".join(lines[last + 1 :]))
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+UI_MAY_IMPORT = ("movieservice.ui.", "movieservice.proto.", "movieservice.client.")
+
+
+def test_the_ui_is_a_client_of_the_api_only():
+    """The web UI knows the service by what any client sees (gRPC, the generated
+    stubs, health, /metrics): never its core, cache, store or server."""
+    for path in modules("ui"):
+        ours = {name for name in imported_modules(path) if name.split(".")[0] == "movieservice"}
+        assert all(name.startswith(UI_MAY_IMPORT) for name in ours), (path, ours)
+        assert not imported_roots(path) & {"redis", "hiredis", "pymongo", "bson"}, path
+
+
+def test_the_service_does_not_import_the_ui_or_its_libraries():
+    for path in modules():
+        if path.relative_to(INTERNAL).parts[0] == "ui":
+            continue
+        assert not any(name.startswith("movieservice.ui") for name in imported_modules(path)), path
+        assert not imported_roots(path) & {"streamlit", "plotly", "pandas", "selenium"}, path

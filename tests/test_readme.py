@@ -56,7 +56,14 @@ def readme_commands() -> list[tuple[int, str]]:
 
 COMMANDS = readme_commands()
 # Commands that take more than a few seconds: run by `make test`, left out of `make test-fast`.
-SLOW_COMMANDS = {"make run", "make lint", "make proto", ".venv/bin/movieservice seed --synthetic 20000"}
+SLOW_COMMANDS = {
+    "make run",
+    "make ui",
+    ".venv/bin/movieservice dev --ui",
+    "make lint",
+    "make proto",
+    ".venv/bin/movieservice seed --synthetic 20000",
+}
 
 
 def test_the_readme_has_commands_to_check():
@@ -129,6 +136,16 @@ def test_readme_command_works(line, command, settings, grpc_target, redis_proces
         grpc_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "GRPC", "AUTH"))}
         env |= {"GRPC_PORT": str(grpc_port), "METRICS_PORT": str(free_port())}
+        start_and_stop(command, env, grpc_port, signal.SIGINT)
+    elif command == "make ui":
+        ui_port = free_port()
+        env = os.environ | {"UI_PORT": str(ui_port), "UI_TARGET": grpc_target}
+        start_and_stop(command, env, ui_port, signal.SIGINT)
+    elif command == ".venv/bin/movieservice dev --ui":
+        # The UI is listening before the server starts: the gRPC port answering means both are up.
+        grpc_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO", "REDIS", "GRPC", "AUTH"))}
+        env |= {"GRPC_PORT": str(grpc_port), "METRICS_PORT": str(free_port()), "UI_PORT": str(free_port())}
         start_and_stop(command, env, grpc_port, signal.SIGINT)
     elif command in ("make setup", "make lint"):
         run(command)

@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import closing
@@ -67,13 +68,20 @@ class ServerProcess:
     port: int
     argv: Sequence[str]
     log_path: Path
+    # Added to this process' environment.
+    environment: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] = field(init=False)
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                list(self.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                list(self.argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **self.environment} if self.environment else None,
             )
         try:
             wait_for_port(self.port, timeout, self.process)
@@ -197,6 +205,36 @@ def ferretdb_server(data_dir: Path, port: int | None = None, *, cpus: str | None
         "--log-level=warn",
     ]
     return FerretDBProcess("ferretdb", port, argv, data_dir / "ferretdb.log", data_dir=data_dir)
+
+
+# The web UI's Streamlit script (internal/ui/app.py).
+UI_APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
+
+
+def ui_argv(port: int, host: str = "127.0.0.1") -> list[str]:
+    """`streamlit run` of the web UI on host:port: headless (no browser opened, no
+    prompt), no usage statistics sent, and no exception details in the page."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(UI_APP),
+        "--server.headless=true",
+        f"--server.address={host}",
+        f"--server.port={port}",
+        "--browser.gatherUsageStats=false",
+        "--client.showErrorDetails=none",
+        "--client.toolbarMode=viewer",
+    ]
+
+
+def ui_server(target: str, metrics_url: str, log_dir: Path, port: int | None = None) -> ServerProcess:
+    """The web UI (Streamlit) on 127.0.0.1:`port`, a client of the service at
+    `target` (host:port) and of its /metrics at `metrics_url`."""
+    port = port or free_port()
+    environment = {"UI_TARGET": target, "UI_METRICS_URL": metrics_url}
+    return ServerProcess("streamlit", port, ui_argv(port), log_dir / "ui.log", environment)
 
 
 # deployments/nginx/movieservice.conf: nginx in front of service instances.

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import InvalidArgument, ServiceError, Violation
+from movieservice.core.reads import CacheOutcome, MovieRead
 from movieservice.core.service import MovieService
 from movieservice.core.writers import Credentials
 from movieservice.grpcserver import wire
@@ -119,7 +120,10 @@ class MovieServicer:
     # The RPCs
 
     async def _get(self, request: movies_pb2.GetRequest, context: Any, deadline: Deadline) -> bytes:
-        return wire.get_response(await self._service.reads.get(request.id, deadline))
+        read = await self._service.reads.read(request.id, deadline)
+        # Before the answer or NOT_FOUND: an abort without metadata of its own keeps these.
+        context.set_trailing_metadata(cache_metadata(read))
+        return wire.get_response(read.movie())
 
     async def _upsert(
         self, request: movies_pb2.UpsertRequest, context: grpc.aio.ServicerContext[Any, Any], deadline: Deadline
@@ -215,6 +219,21 @@ def peer_address(peer: str) -> str:
     client's connections share its failure allowance whatever their port."""
     address, colon, port = peer.rpartition(":")
     return address if colon and port.isdigit() and address.count(":") >= 1 else peer
+
+
+# The x-cache values, made once (one tuple per outcome, not one per call).
+_X_CACHE = {outcome: ("x-cache", outcome.value) for outcome in CacheOutcome}
+
+
+def cache_metadata(read: MovieRead) -> tuple[tuple[str, str], ...]:
+    """A Get's trailing metadata: `x-cache: <outcome>` and a W3C Server-Timing entry
+    with the milliseconds spent in the cache lookup and (when it was read) the store,
+    `server-timing: cache;dur=0.184, store;dur=1.702`."""
+    if read.store_seconds:
+        timing = f"cache;dur={read.cache_seconds * 1000:.3f}, store;dur={read.store_seconds * 1000:.3f}"
+    else:
+        timing = f"cache;dur={read.cache_seconds * 1000:.3f}"
+    return (_X_CACHE[read.outcome], ("server-timing", timing))
 
 
 def _serialize(message: Message) -> bytes:

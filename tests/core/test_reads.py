@@ -8,6 +8,7 @@ import pytest
 
 from movieservice.core.deadline import Deadline
 from movieservice.core.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from movieservice.core.reads import CacheOutcome
 from movieservice.proto.movies.v1.movies_pb2 import Movie
 from tests.core.conftest import WRITER
 from tests.support.fakes import down
@@ -182,3 +183,23 @@ async def test_fills_are_counted_applied_or_refused(core):
     await reading
     await core.settle()
     assert core.events.counts["fill", "refused"] == 1
+
+
+async def test_a_read_says_how_the_cache_answered(core):
+    """The outcome the servicer sends as x-cache, in the words of the lookup span."""
+    stored = core.store.add(Movie(id=MOVIE_ID, title="t"), version=1)
+    missed = await core.service.reads.read(MOVIE_ID, soon())
+    assert (missed.outcome, missed.data) == (CacheOutcome.MISS, stored.data)
+    assert missed.cache_seconds >= 0 and missed.store_seconds >= 0
+    core.cache.entries[MOVIE_ID] = (1, stored.data)
+    hit = await core.service.reads.read(MOVIE_ID, soon())
+    assert (hit.outcome, hit.store_seconds) == (CacheOutcome.HIT, 0.0)
+    core.cache.entries["0" * 24] = (0, None)
+    absent = await core.service.reads.read("0" * 24, soon())
+    assert (absent.outcome, absent.data) == (CacheOutcome.NEGATIVE_HIT, None)
+    with pytest.raises(NotFound):
+        absent.movie()
+    core.cache.unavailable = True
+    fallback = await core.service.reads.read(MOVIE_ID, soon())
+    assert (fallback.outcome, fallback.data) == (CacheOutcome.ERROR, stored.data)
+    assert {outcome.value for outcome in CacheOutcome} == {"hit", "near_hit", "negative_hit", "miss", "error"}

@@ -1,0 +1,1 @@
+"""The web UI (Streamlit): a gRPC client of MovieService, health and /metrics."""
