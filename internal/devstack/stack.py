@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -206,6 +207,27 @@ class ServiceProcess:
             self.process.wait()
 
 
+def wait_for_http2(target: str, timeout: float, process: subprocess.Popen[bytes]) -> None:
+    """Until a plaintext gRPC server at `target` has started serving: its port
+    accepts connections as soon as it is bound, before the server has started,
+    and a call made then waits for the start (or fails if the process is told
+    to stop meanwhile). A channel is ready once the server answers HTTP/2."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        ready = grpc.channel_ready_future(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode} before serving on {target}")
+            try:
+                ready.result(timeout=0.2)
+                return
+            except grpc.FutureTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{target} did not start serving within {timeout}s") from None
+
+
 def spawn(
     env: Mapping[str, str],
     directory: Path,
@@ -233,6 +255,8 @@ def spawn(
     if wait:
         try:
             wait_for_port(port, 60, process)
+            if "TLS_CERT_FILE" not in environment:
+                wait_for_http2(service.target, 60, process)
             if metrics:
                 wait_for_port(metrics_port, 60, process)
         except (RuntimeError, TimeoutError):
