@@ -45,8 +45,14 @@ def _size(bench: Bench, command: str, movies: int) -> None:
     store = redis_server(bench.work / f"redis-capacity-{movies}", cpus=LOAD_CORE).start()
     bench.servers.append(store)
     client = redis.Redis(port=store.port)
+    # Calls may wait for a whole rebuild (else one that outlasts the default
+    # 5 s answers UNAVAILABLE or DEADLINE_EXCEEDED, and is retried).
     service = bench.serve(
-        f"capacity-{movies}", MONGO_DB=database, REDIS_URL=bench.redis_url(store), NEAR_CACHE_SIZE="0"
+        f"capacity-{movies}",
+        MONGO_DB=database,
+        REDIS_URL=bench.redis_url(store),
+        NEAR_CACHE_SIZE="0",
+        REQUEST_TIMEOUT_SECONDS=str(REBUILD_TIMEOUT_SECONDS),
     )
     with grpc.insecure_channel(service.target) as channel:
         stub = movie_service(channel)

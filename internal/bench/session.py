@@ -232,15 +232,19 @@ def movie_service(channel: grpc.Channel) -> Any:
     return movies_pb2_grpc.MovieServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
+_REBUILDING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 def answered(call: Callable[[], T], timeout: float = 600.0) -> T:
-    """`call()`, again while the service answers UNAVAILABLE (an index still
-    being rebuilt: a call waits for that only up to its deadline), for up to `timeout` s."""
+    """`call()`, again while the service answers UNAVAILABLE or DEADLINE_EXCEEDED
+    (an index still being rebuilt: a call waits for that only up to its
+    deadline, and the rebuild goes on without it), for up to `timeout` s."""
     give_up = time.monotonic() + timeout
     while True:
         try:
             return call()
         except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > give_up:
+            if error.code() not in _REBUILDING or time.monotonic() > give_up:
                 raise
         time.sleep(0.1)
 
