@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -87,13 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = command_line(
         [*(["--quick"] if args.quick else []), *(f"--only={name}" for name in sections if args.only)]
     )
+    failed = []
     with benchmark(requests, rounds, args.quick, args.work_dir) as bench:
         for name in sections:
-            SECTIONS[name](bench, command)
+            try:
+                SECTIONS[name](bench, command)
+            except Exception as error:  # noqa: BLE001 - one broken section must not cost the others' rows
+                traceback.print_exc()
+                failed.append(name)
+                bench.row(f"Section {name!r}", "(runs)", "FAILED", f"{type(error).__name__}: {error}", command)
         if output is not None:
             write_markdown(bench, output, arguments)
             print(f"wrote {output}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
