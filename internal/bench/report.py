@@ -134,8 +134,21 @@ process' CPU time per call (no gRPC), which is steadier than throughput on these
   At 1 %, a call without a client's trace context is drawn before any span is made
   (`tracing.ServerSpans`); opentelemetry-instrumentation-grpc's grpc.aio interceptor, measured
   first, cost ~90 us of CPU per call at any ratio, and its per-call code ~14 us even for a call it
-  then did not sample. At 100 %, the SDK's span objects, the attributes and the exporter thread's
-  encoding are the cost.
+  then did not sample. A call left out of the sample runs in a context made once with
+  instrumentation suppressed (the in-process row: about a microsecond; made per call with
+  `suppress_instrumentation()`, with an import per span, it was ~10 us, and the 1 % row read
+  0.76-0.89). At 100 %, the SDK's span objects, the attributes and the exporter thread's encoding
+  are the cost: a 1 % row's cost beyond the in-process one is about the 100 % row's divided by 100.
+  These throughput rows move by ±10 % from round to round on a shared machine: read them with the
+  in-process rows.
+- **Capacity** (`--only capacity`): for each size a database of synthetic movies in the
+  sample_mflix schema (23,500 is about the full collection; ten times that to see what grows) and a
+  Redis of its own. Seeding goes through `movieservice seed`'s code. The rebuild times are those of
+  the first TopRated and Nearby after a FLUSHALL (the service rebuilds an index the call finds
+  missing; `REQUEST_TIMEOUT_SECONDS` raised so the call waits the whole rebuild out); memory is
+  Redis' `used_memory` before and after each step. Per cached movie it is the hash of the movie
+  (its serialized bytes, version, expiry and load time) with its key; the TopRated indexes hold each
+  movie once in the all-genres set and once per genre.
 - **TopRated / Nearby** each run one Redis script (a page of ids with their movie bodies; the
   theaters in range with their exact coordinates) and build a response of several movies or
   theaters: a page of ten movies costs gRPC more to send than one 881-byte movie.
