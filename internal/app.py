@@ -125,6 +125,7 @@ def build_app(
             page_token_keys=settings.page_token_keys,
             ranking=ranking_of(settings),
             background_timeout_seconds=settings.request_timeout_seconds,
+            index_rebuild_timeout_seconds=settings.index_rebuild_timeout_seconds,
         ),
         traces.tracer(),
     )

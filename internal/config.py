@@ -81,6 +81,7 @@ class Settings:
     near_cache_ttl_seconds: float = 30.0
     # Deadline applied to store calls when the client sets none.
     request_timeout_seconds: float = 5.0
+    index_rebuild_timeout_seconds: float = 120.0
     grace_period_seconds: float = 10.0
     # On SIGTERM, how long the server keeps serving with health NOT_SERVING
     # before it stops taking calls: time for load balancers to stop sending.
@@ -116,6 +117,7 @@ class Settings:
             "negative_ttl_seconds",
             "near_cache_ttl_seconds",
             "request_timeout_seconds",
+            "index_rebuild_timeout_seconds",
             "max_connection_age_seconds",
             "keepalive_seconds",
         ):

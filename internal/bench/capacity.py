@@ -53,6 +53,7 @@ def _size(bench: Bench, command: str, movies: int) -> None:
         REDIS_URL=bench.redis_url(store),
         NEAR_CACHE_SIZE="0",
         REQUEST_TIMEOUT_SECONDS=str(REBUILD_TIMEOUT_SECONDS),
+        INDEX_REBUILD_TIMEOUT_SECONDS=str(REBUILD_TIMEOUT_SECONDS),
     )
     with grpc.insecure_channel(service.target) as channel:
         stub = movie_service(channel)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 TOP_INDEX_LOCK = "top-index"
 GEO_INDEX_LOCK = "geo-index"
-# Rebuilding an index reads a whole collection: allow it more than one request's time.
+# Rebuilding an index reads a whole collection: allow it more than one request's time
+# (the default of INDEX_REBUILD_TIMEOUT_SECONDS).
 REBUILD_TIMEOUT_SECONDS = 120.0
 _POLL_SECONDS = 0.05
 _INDEX_NAMES = {TOP_INDEX_LOCK: "top_rated", GEO_INDEX_LOCK: "geo"}
@@ -26,8 +27,15 @@ _INDEX_NAMES = {TOP_INDEX_LOCK: "top_rated", GEO_INDEX_LOCK: "geo"}
 
 class Indexes:
     def __init__(
-        self, cache: Cache, store: Store, events: ServiceEvents, ranking: Ranking, tracer: Tracer = NO_TRACING
+        self,
+        cache: Cache,
+        store: Store,
+        events: ServiceEvents,
+        ranking: Ranking,
+        tracer: Tracer = NO_TRACING,
+        timeout_seconds: float = REBUILD_TIMEOUT_SECONDS,
     ) -> None:
+        self._timeout = timeout_seconds
         self._cache = cache
         self._store = store
         self._events = events
@@ -46,7 +54,7 @@ class Indexes:
     async def rebuild_top(self) -> None:
         async def entries() -> list[RankEntry]:
             with store_errors():
-                ratings = await self._store.movie_ratings(REBUILD_TIMEOUT_SECONDS)
+                ratings = await self._store.movie_ratings(self._timeout)
             return [self._ranking.entry(stored) for stored in ratings]
 
         with self._tracer.span(INDEX_REBUILD) as span:
@@ -60,7 +68,7 @@ class Indexes:
         with self._tracer.span(INDEX_REBUILD) as span:
             span.set_attribute(INDEX, "geo")
             with store_errors():
-                theaters = await self._store.theaters(REBUILD_TIMEOUT_SECONDS)
+                theaters = await self._store.theaters(self._timeout)
             await self._cache.rebuild_geo_index(theaters)
             span.set_attribute(ENTRIES, len(theaters))
             self._events.index_rebuilt("geo")
@@ -74,8 +82,8 @@ class Indexes:
         deadline: Deadline | None,
     ) -> None:
         """One process rebuilds (under a lock in the cache); the others wait for it."""
-        give_up = deadline.at if deadline is not None else time.monotonic() + REBUILD_TIMEOUT_SECONDS
-        token = await self._cache.try_lock(lock, REBUILD_TIMEOUT_SECONDS)
+        give_up = deadline.at if deadline is not None else time.monotonic() + self._timeout
+        token = await self._cache.try_lock(lock, self._timeout)
         if token is None:
             # Another process is rebuilding: wait for it (or for the lock).
             with self._tracer.span(INDEX_WAIT) as span:
@@ -84,7 +92,7 @@ class Indexes:
                     if await is_ready() or time.monotonic() >= give_up:
                         return
                     await asyncio.sleep(_POLL_SECONDS)
-                    token = await self._cache.try_lock(lock, REBUILD_TIMEOUT_SECONDS)
+                    token = await self._cache.try_lock(lock, self._timeout)
         try:
             if not await is_ready():
                 await rebuild()

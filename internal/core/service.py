@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from movieservice.core.background import Background
-from movieservice.core.indexes import Indexes
+from movieservice.core.indexes import REBUILD_TIMEOUT_SECONDS, Indexes
 from movieservice.core.nearby import NearbyTheaters
 from movieservice.core.paging import PageTokens
 from movieservice.core.ports import Cache, ServiceEvents, Store
@@ -40,6 +40,8 @@ class ServiceOptions:
     # How long other processes wait for the process that holds a movie's fill lease.
     fill_lease_seconds: float = 2.0
     repair_interval_seconds: float = 1.0
+    # Longest an index rebuild's read of a whole collection may take.
+    index_rebuild_timeout_seconds: float = REBUILD_TIMEOUT_SECONDS
 
 
 @dataclass
@@ -79,7 +81,7 @@ class MovieService:
             refresh_timeout_seconds=options.background_timeout_seconds,
             tracer=tracer,
         )
-        indexes = Indexes(cache, store, events, ranking, tracer)
+        indexes = Indexes(cache, store, events, ranking, tracer, options.index_rebuild_timeout_seconds)
         repairs = CacheRepairs(
             cache,
             store,
