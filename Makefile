@@ -78,12 +78,7 @@ lock:
 
 # ghz load tests of every RPC against the local stack (or TARGET=host:port TOKEN=...),
 # failing when a scenario breaks its error or p99 limit. Reports in reports/loadtest/.
-load# The web UI (Streamlit) on http://127.0.0.1:8501 (or UI_PORT), a client of the service
-# `make run` serves (UI_TARGET=host:port and UI_METRICS_URL=... point it elsewhere).
-ui: setup
-	$(BIN)/movieservice ui
-
-test: setup
+loadtest: setup
 	$(BIN)/python scripts/loadtest.py $(if $(TARGET),--target $(TARGET) --token "$(TOKEN)")
 
 # The benchmark (ratios measured within one run); writes BENCHMARKS.md.

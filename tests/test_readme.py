@@ -154,3 +154,15 @@ def test_readme_command_works(line, command, settings, grpc_target, redis_proces
         run("git diff --exit-code -- proto gen")
     else:
         pytest.fail(f"README line {line}: no test knows how to run `{command}`; add it to tests/test_readme.py")
+
+
+def test_make_test_runs_the_whole_suite_then_lint():
+    """`make test` is the README's test command and what CI runs: it must be pytest
+    (every test) and lint, and no target may be defined twice (make keeps the
+    last recipe, and a broken merge once made `test` run the load tests instead)."""
+    result = subprocess.run(["make", "-n", "test"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "overriding recipe" not in result.stderr, result.stderr
+    commands = result.stdout.splitlines()
+    assert ".venv/bin/pytest" in commands, commands
+    assert any("lint" in command for command in commands), commands
