@@ -42,7 +42,7 @@ from redis.retry import Retry
 
 from movieservice.cache import scripts
 from movieservice.cache.keys import ClusterKeys, Keys
-from movieservice.cache.redis_cache import _COORDINATES, _GEO_FORMAT, RedisCache, _jitter
+from movieservice.cache.redis_cache import _GEO_FORMAT, RedisCache, _jitter, geo_entries
 from movieservice.core.ports import RankedId, RankEntry, StoredMovie, TopCursor
 from movieservice.metrics import DependencyMetrics
 from movieservice.proto.movies.v1.movies_pb2 import Theater
@@ -284,12 +284,7 @@ class RedisClusterCache(RedisCache):
     # Nearby
 
     async def rebuild_geo_index(self, theaters: Sequence[Theater]) -> None:
-        locations: list[Any] = []
-        details: list[Any] = []
-        for theater in theaters:
-            member = str(theater.theater_id)
-            locations += [theater.longitude, theater.latitude, member]
-            details += [member, _COORDINATES.pack(theater.latitude, theater.longitude) + theater.SerializeToString()]
+        locations, details = geo_entries(theaters)
 
         async def rebuild() -> None:
             # The three keys share the {theaters} slot: one MULTI/EXEC on its master.

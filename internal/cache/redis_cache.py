@@ -178,11 +178,7 @@ class RedisCache:
         try:
             result = await call()
         except RedisError as error:
-            self._latency[operation].observe(time.perf_counter() - started)
-            self._breaker.failure(started_at)
-            kind = "timeout" if isinstance(error, RedisTimeoutError) else "unavailable"
-            self._metrics.error("redis", kind)
-            raise CacheUnavailable(f"Redis is unavailable: {type(error).__name__}") from error
+            raise self._failed(operation, started, started_at, error) from error
         self._latency[operation].observe(time.perf_counter() - started)
         return result
 
@@ -217,13 +213,18 @@ class RedisCache:
         try:
             result = await call()
         except RedisError as error:
-            self._latency[operation].observe(time.perf_counter() - started)
-            self._breaker.failure(started_at)
-            kind = "timeout" if isinstance(error, RedisTimeoutError) else "unavailable"
-            self._metrics.error("redis", kind)
-            raise CacheUnavailable(f"Redis is unavailable: {type(error).__name__}") from error
+            raise self._failed(operation, started, started_at, error) from error
         self._latency[operation].observe(time.perf_counter() - started)
         return result
+
+    def _failed(self, operation: str, started: float, started_at: float, error: RedisError) -> CacheUnavailable:
+        """Account for a failed Redis operation (its time, the breaker, the error
+        metric); the error to raise in its place."""
+        self._latency[operation].observe(time.perf_counter() - started)
+        self._breaker.failure(started_at)
+        kind = "timeout" if isinstance(error, RedisTimeoutError) else "unavailable"
+        self._metrics.error("redis", kind)
+        return CacheUnavailable(f"Redis is unavailable: {type(error).__name__}")
 
     async def _probe(self) -> None:
         # Bounded even if a reply were lost for good: an endless probe would
@@ -420,12 +421,7 @@ class RedisCache:
         )
 
     async def rebuild_geo_index(self, theaters: Sequence[Theater]) -> None:
-        locations: list[Any] = []
-        details: list[Any] = []
-        for theater in theaters:
-            member = str(theater.theater_id)
-            locations += [theater.longitude, theater.latitude, member]
-            details += [member, _COORDINATES.pack(theater.latitude, theater.longitude) + theater.SerializeToString()]
+        locations, details = geo_entries(theaters)
         commands: list[tuple[Any, ...]] = [("DEL", self.keys.geo, self.keys.geo_details, self.keys.geo_ready)]
         if theaters:
             commands += [("GEOADD", self.keys.geo, *locations), ("HSET", self.keys.geo_details, *details)]
@@ -527,6 +523,18 @@ def _connection_attributes(options: Mapping[str, Any]) -> dict[str, Any]:
             "net.transport": "ip_tcp",
         }
     return {"db.system": "redis", "db.redis.database_index": int(options.get("db") or 0), **peer}
+
+
+def geo_entries(theaters: Sequence[Theater]) -> tuple[list[Any], list[Any]]:
+    """The theater index's GEOADD arguments (longitude, latitude, member) and
+    its details hash's (member, coordinates + the serialized Theater)."""
+    locations: list[Any] = []
+    details: list[Any] = []
+    for theater in theaters:
+        member = str(theater.theater_id)
+        locations += [theater.longitude, theater.latitude, member]
+        details += [member, _COORDINATES.pack(theater.latitude, theater.longitude) + theater.SerializeToString()]
+    return locations, details
 
 
 def _jitter() -> float:
