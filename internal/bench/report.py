@@ -88,7 +88,14 @@ process' CPU time per call (no gRPC), which is steadier than throughput on these
   each answer leaves in its own `sendmsg`, and asyncio's running-loop check costs a `getpid` per
   future. The service adds 1-3 system calls per call to that. What separates it from the ceiling
   is Python run per call, which costs 2-3x under load what the same code costs in a loop in process
-  (cold caches between calls).
+  (cold caches between calls). Two experiments (not rows: one-off A/Bs, 7-9 rounds): the service's
+  own process answering with the ceiling's constant handler ran at 0.99 of the ceiling, so the
+  gap is the call path, not the process (its clients, threads, memory); and the call path's
+  modules compiled with mypyc (core/reads, the near cache, the auto-pipeline, wire, deadline,
+  validation, the metrics observer) made no measurable difference (Redis hits 0.69 vs 0.71, near
+  hits 0.70 vs 0.70 of the ceiling). The servicer's wrapper itself cannot be compiled that way:
+  grpc.aio does not see a compiled coroutine function as one and runs it on its thread pool (2.6x
+  the CPU per call).
 - **CPU per request**: the server's CPU time per request is what a core buys; with one server core
   and h2load on the other, rps follows it, but rps also moves with whatever else the machine runs.
   The difference between a service's CPU per request and the ceiling's is the service's own work
