@@ -9,6 +9,7 @@ key schema's hash tags.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,11 +21,16 @@ import pymongo
 import pytest
 import redis
 from bson import ObjectId
+from prometheus_client import CollectorRegistry
 from redis.cluster import RedisCluster
 
+from movieservice.cache.cluster import RedisClusterCache
 from movieservice.cache.keys import ClusterKeys, Keys
-from movieservice.core.ports import StoredMovie
+from movieservice.core.ports import CacheUnavailable, StoredMovie
+from movieservice.core.ranking import Ranking
+from movieservice.metrics import Metrics
 from movieservice.proto.movies.v1 import movies_pb2, movies_pb2_grpc
+from movieservice.proto.movies.v1.movies_pb2 import Movie
 from tests.conftest import WRITER, serve_in_process
 from tests.support.inprocess import ServedApp
 from tests.support.reference import all_theaters, brute_force_nearby, expected_ranking
@@ -274,3 +280,47 @@ def test_each_script_s_keys_share_one_slot(redis_cluster_processes):
             assert len(slots(ranking, keys.ranking_versions(ranking))) == 1, genre
         assert len(slots(keys.top_all, keys.ranking_versions(keys.top_all))) == 1
         assert len(slots(keys.geo, keys.geo_details, keys.geo_ready)) == 1
+
+
+def test_a_connection_closed_under_a_write_is_redis_unavailable_then_replaced(redis_cluster_processes, server_loop):
+    """On uvloop, writing to a connection whose transport has closed raises
+    RuntimeError, not the ConnectionError redis-py handles (a master killed under
+    load did that to an Upsert: INTERNAL). The write must count as Redis being
+    unavailable (the use case records its repair), and the connection must not
+    stay in the pool: the next write goes through."""
+    metrics = Metrics(CollectorRegistry()).dependencies
+    url = f"redis://127.0.0.1:{redis_cluster_processes.nodes[0].port}/0"
+    cache = RedisClusterCache(url, metrics, key_prefix="closed:", breaker_reset_seconds=0.05)
+    movie_id = str(ObjectId())
+
+    def written(version: int) -> None:
+        stored = StoredMovie(Movie(id=movie_id, title=f"v{version}", genres=["Drama"]), version)
+        server_loop.run(cache.write_movie(stored, Ranking().entry(stored)))
+
+    async def close_the_slot_s_connections() -> int:
+        node = cache._cluster.get_node_from_key(cache.keys.movie(movie_id))
+        closed = 0
+        for connection in node._connections:
+            if connection._writer is not None:
+                connection._writer.transport.close()
+                closed += 1
+        await asyncio.sleep(0.01)  # the transports' connection_lost runs
+        return closed
+
+    try:
+        written(1)
+        assert server_loop.run(close_the_slot_s_connections()) > 0
+        with pytest.raises(CacheUnavailable):
+            written(2)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                written(3)
+                break
+            except CacheUnavailable:
+                assert time.monotonic() < deadline, "the closed connection was never replaced"
+                time.sleep(0.1)
+        with RedisCluster(host="127.0.0.1", port=redis_cluster_processes.nodes[0].port) as client:
+            assert client.hget(cache.keys.movie(movie_id), "v") == b"3"
+    finally:
+        server_loop.run(cache.close())

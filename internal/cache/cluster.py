@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, MovedError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from movieservice.cache import scripts
@@ -55,6 +56,15 @@ _REBUILD_BATCH = 25
 # How long a write waits for its replicas to confirm it (WAIT's timeout), as a
 # share of the Redis timeout.
 _WAIT_SHARE = 0.4
+
+
+def _closed_transport(error: RuntimeError) -> bool:
+    """uvloop refuses a write to a transport the peer has closed with a
+    RuntimeError ("... the handler is closed"), where asyncio's own loop drops
+    the write and the read fails with the ConnectionError redis-py handles (a
+    master killed under load did this to an Upsert: INTERNAL). redis-py has
+    dropped the connection by then; the next command reconnects."""
+    return "closed" in str(error)
 
 
 class ReplicationUnconfirmed(RedisError):
@@ -123,6 +133,10 @@ class RedisClusterCache(RedisCache):
                 return await call()
             except RedisClusterException as error:
                 raise ClusterError(f"{type(error).__name__}: {error}") from error
+            except RuntimeError as error:
+                if not _closed_transport(error):
+                    raise
+                raise RedisConnectionError(f"the connection was closed: {error}") from error
 
         return await super()._run(operation, translated, always_try=always_try)
 
@@ -192,7 +206,9 @@ class RedisClusterCache(RedisCache):
         ]
         try:
             await node.execute_pipeline(commands)
-        except (RedisError, OSError) as error:
+        except (RedisError, OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not _closed_transport(error):
+                raise
             # Through the client, whose error handling reloads the slot map; the
             # script is idempotent (versions). Unconfirmed either way.
             await self._cluster.execute_command(*args)
