@@ -1,5 +1,6 @@
-"""Get tells its client how the cache answered: `x-cache` and `server-timing`
-trailing metadata, on a real channel (what the web UI shows beside each movie)."""
+"""Get tells its client how the cache answered: `x-cache` trailing metadata,
+and `server-timing` when the call asks for it, on a real channel (what the web
+UI shows beside each movie)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import re
 import grpc
 import pytest
 
+from movieservice.grpcserver.servicer import TIMING_REQUEST
 from movieservice.proto.movies.v1 import movies_pb2
+from movieservice.ui import calls
 from tests.support.proxy import FaultProxy
 
 TIMING = re.compile(r"cache;dur=\d+\.\d{3}(, store;dur=\d+\.\d{3})?")
 
 
-def get_with_trailers(stub, movie_id: str) -> tuple[grpc.StatusCode, dict[str, str]]:
+def get_with_trailers(stub, movie_id: str, *, timing: bool = True) -> tuple[grpc.StatusCode, dict[str, str]]:
+    metadata = ((TIMING_REQUEST, "1"),) if timing else ()
     try:
-        _, call = stub.Get.with_call(movies_pb2.GetRequest(id=movie_id), timeout=10)
+        _, call = stub.Get.with_call(movies_pb2.GetRequest(id=movie_id), timeout=10, metadata=metadata)
         return grpc.StatusCode.OK, dict(call.trailing_metadata())
     except grpc.RpcError as error:
         return error.code(), dict(error.trailing_metadata())
@@ -63,3 +67,19 @@ def test_an_invalid_id_carries_no_cache_outcome(stub):
     code, trailers = get_with_trailers(stub, "nope")
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "x-cache" not in trailers
+
+
+def test_server_timing_only_when_asked_for(stub, seeded_ids):
+    """Its value is new on every call, which costs CPU on every Get: sent on request."""
+    movie_id = seeded_ids[7]
+    wait_for(stub, movie_id, "hit")
+    code, trailers = get_with_trailers(stub, movie_id, timing=False)
+    assert code == grpc.StatusCode.OK
+    assert trailers["x-cache"] == "hit"
+    assert "server-timing" not in trailers
+    _, asked = get_with_trailers(stub, movie_id)
+    assert TIMING.fullmatch(asked["server-timing"])
+
+
+def test_the_ui_asks_for_server_timing_with_the_service_s_key():
+    assert calls.TIMING_REQUEST == TIMING_REQUEST
