@@ -355,9 +355,10 @@ class RedisCache:
         )
         if flat is None:
             return None
+        # (id, score, movie) triples; positional: on every TopRated call.
         return [
-            RankedId(movie_id=flat[i].decode(), score=-float(flat[i + 1]), data=flat[i + 2] or None)
-            for i in range(0, len(flat), 3)
+            RankedId(movie_id.decode(), -float(score), data or None)
+            for movie_id, score, data in zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
         ]
 
     async def top_index_ready(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -30,6 +31,11 @@ MAX_TOKEN_LENGTH = 1024
 _MAC_BYTES = 16
 # Names the purpose, so that a MAC made with the same key for anything else is no token.
 _CONTEXT = b"movieservice TopRated page token v1\x00"
+# Tokens issued lately, remembered: a token is the same for the same page
+# (the key is fixed), and the first pages of popular genres are asked for over
+# and over; issuing one (JSON, HMAC, base64) cost ~12 us, a TopRated call's
+# largest piece of Python after reading its page.
+_ISSUED_TOKENS_KEPT = 4096
 NOT_ISSUED = "is not a token this service issued (or its key was retired); start again without it"
 
 
@@ -46,9 +52,13 @@ class PageTokens:
         self._keys = [key.encode() if isinstance(key, str) else key for key in keys if key]
         if not self._keys:
             self._keys = [secrets.token_bytes(32)]
+        self._issued = functools.lru_cache(maxsize=_ISSUED_TOKENS_KEPT)(self._issue)
 
     def encode(self, genre: str, cursor: TopCursor) -> str:
-        payload = json.dumps({"g": genre, "s": cursor.score, "id": cursor.movie_id}, separators=(",", ":"))
+        return self._issued(genre, cursor.score, cursor.movie_id)
+
+    def _issue(self, genre: str, score: float, movie_id: str) -> str:
+        payload = json.dumps({"g": genre, "s": score, "id": movie_id}, separators=(",", ":"))
         body = _b64encode(payload.encode())
         return f"{body}.{_b64encode(self._mac(self._keys[0], body))}"
 
