@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -129,10 +130,22 @@ def run_ui(port: int, host: str, target: str | None, metrics_url: str | None) ->
     environment.update({"UI_TARGET": target} if target else {})
     environment.update({"UI_METRICS_URL": metrics_url} if metrics_url else {})
     print(f"movieservice web UI: http://{host}:{port}", file=sys.stderr)
-    try:
-        return subprocess.call(ui_argv(port, host), env=environment)
-    except KeyboardInterrupt:
-        return 0
+    ui = subprocess.Popen(ui_argv(port, host), env=environment)
+
+    # Handlers of its own rather than Python's KeyboardInterrupt: a command a
+    # script starts in the background inherits SIGINT ignored (POSIX), and then
+    # Python installs none, so Ctrl-C (or a make that passes it on) did nothing.
+    # The first signal stops Streamlit gracefully, a second one kills it.
+    def stop(signum: int, frame: object) -> None:
+        if ui.poll() is None:
+            ui.kill() if stopping else ui.terminate()
+        stopping.append(signum)
+
+    stopping: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    status = ui.wait()
+    return 0 if stopping or status == 0 else status
 
 
 def run_dev(

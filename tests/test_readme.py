@@ -78,10 +78,14 @@ def run(command: str, env: dict[str, str] | None = None, timeout: float = 600) -
     return result.stdout
 
 
-def start_and_stop(command: str, env: dict[str, str], port: int, stop_signal: int) -> None:
+def start_and_stop(
+    command: str, env: dict[str, str], port: int, stop_signal: int, *, sigint_ignored: bool = False
+) -> None:
     """Start `command`, wait until it serves on `port`, then signal its whole
-    process group, as a terminal's Ctrl-C (SIGINT) or a supervisor (SIGTERM) would."""
-    process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=PROJECT_ROOT, env=env, start_new_session=True)
+    process group, as a terminal's Ctrl-C (SIGINT) or a supervisor (SIGTERM) would.
+    `sigint_ignored`: started as a script's background job is (POSIX: with SIGINT ignored)."""
+    start = f"trap '' INT; exec {command}" if sigint_ignored else f"exec {command}"
+    process = subprocess.Popen(["bash", "-c", start], cwd=PROJECT_ROOT, env=env, start_new_session=True)
     try:
         wait_for_port(port, 180, process)  # type: ignore[arg-type]
     finally:
@@ -166,3 +170,13 @@ def test_make_test_runs_the_whole_suite_then_lint():
     commands = result.stdout.splitlines()
     assert ".venv/bin/pytest" in commands, commands
     assert any("lint" in command for command in commands), commands
+
+
+@pytest.mark.parametrize("command", ["make ui", ".venv/bin/movieservice ui"])
+def test_the_ui_stops_on_ctrl_c_even_when_started_with_sigint_ignored(command, grpc_target):
+    """A script that starts a command in the background hands it SIGINT ignored
+    (POSIX), and Python then installs no KeyboardInterrupt: `movieservice ui` (and
+    the make running it) ignored Ctrl-C until it had signal handlers of its own."""
+    ui_port = free_port()
+    env = os.environ | {"UI_PORT": str(ui_port), "UI_TARGET": grpc_target}
+    start_and_stop(command, env, ui_port, signal.SIGINT, sigint_ignored=True)
