@@ -138,7 +138,10 @@ def run_ui(port: int, host: str, target: str | None, metrics_url: str | None) ->
     # The first signal stops Streamlit gracefully, a second one kills it.
     def stop(signum: int, frame: object) -> None:
         if ui.poll() is None:
-            ui.kill() if stopping else ui.terminate()
+            if stopping:
+                ui.kill()
+            else:
+                ui.terminate()
         stopping.append(signum)
 
     stopping: list[int] = []

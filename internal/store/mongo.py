@@ -251,6 +251,8 @@ class MongoStore:
         whole collection: seeding grew with the square of its size, 108 s for
         23,500 movies).
         """
+        if not docs:
+            return 0  # insert_many refuses an empty list
         target = self._db.get_collection(collection)
         async with self._call("seed", 300):
             try:
